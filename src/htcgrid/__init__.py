@@ -1,0 +1,37 @@
+"""htcgrid: drive HTC-Grid from a notebook, against AWS or an embedded grid on this machine."""
+
+from __future__ import annotations
+
+import logging
+
+from .config import GridConfig, load_config
+
+from .errors import (
+    APIError,
+    AuthenticationError,
+    ConfigError,
+    DataPlaneError,
+    GridUnreachableError,
+    HTCGridError,
+    LocalGridError,
+    SubmissionUncertainError,
+    TaskValidationError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "ConfigError",
+    "DataPlaneError",
+    "GridConfig",
+    "GridUnreachableError",
+    "HTCGridError",
+    "LocalGridError",
+    "SubmissionUncertainError",
+    "TaskValidationError",
+    "load_config",
+]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,0 +1,40 @@
+"""boto3 clients built from a grid configuration, with timeouts and bounded retries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from .config import GridConfig
+
+#: Seconds to wait for a connection and for an answer from an AWS endpoint.
+CONNECT_TIMEOUT_SEC = 5
+READ_TIMEOUT_SEC = 30
+#: Attempts per AWS call (botocore's standard mode backs off between them).
+MAX_ATTEMPTS = 5
+
+
+def client(config: GridConfig, service: str, *, max_pool_connections: int = 10) -> Any:
+    """Return a boto3 client for ``service`` that reaches the grid's AWS services.
+
+    On the embedded grid the client points at its loopback endpoint with the credentials it
+    hands out; on a real deployment it uses the region and the usual credential chain.
+    """
+    kwargs: dict[str, Any] = {
+        "region_name": config.region,
+        "config": Config(
+            connect_timeout=CONNECT_TIMEOUT_SEC,
+            read_timeout=READ_TIMEOUT_SEC,
+            retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+            max_pool_connections=max_pool_connections,
+        ),
+    }
+    if config.aws_endpoint_url:
+        kwargs["endpoint_url"] = config.aws_endpoint_url
+    if config.aws_access_key_id and config.aws_secret_access_key:
+        kwargs["aws_access_key_id"] = config.aws_access_key_id
+        kwargs["aws_secret_access_key"] = config.aws_secret_access_key
+    # A session of its own: boto3's default session is not safe to share between threads.
+    return boto3.session.Session().client(service, **kwargs)

@@ -1,0 +1,97 @@
+"""The embedded grid's task queue (SQS): one message per task attempt to be made."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from .. import aws, protocol
+from ..config import GridConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskMessage:
+    """A message taken from the queue: which task, and the handle to delete it with."""
+
+    task_id: str
+    session_id: str
+    receipt: str
+    body: dict[str, Any]
+
+
+class TaskQueue:
+    """The task queue named by the configuration's ``tasks_queue_name``."""
+
+    def __init__(self, config: GridConfig, *, max_pool_connections: int = 10) -> None:
+        name = config.get("tasks_queue_name")
+        if not name:
+            raise ValueError(f"{config.source} has no 'tasks_queue_name' key")
+        self.name = name
+        self._sqs = aws.client(config, "sqs", max_pool_connections=max_pool_connections)
+        self.url = self._sqs.get_queue_url(QueueName=name)["QueueUrl"]
+
+    def send(self, rows: Sequence[Mapping[str, Any]], stats: Mapping[str, Any]) -> list[str]:
+        """Queue one message per row (the row plus ``stats``, as JSON), in batches of 10.
+
+        Returns the task ids that could not be queued (empty when all were).
+        """
+        failed: list[str] = []
+        for batch in protocol.chunks(list(rows), 10):
+            entries = [
+                {
+                    "Id": row[protocol.TASK_ID],
+                    "MessageBody": protocol.json_dumps({**row, "stats": stats}),
+                }
+                for row in batch
+            ]
+            answer = self._sqs.send_message_batch(QueueUrl=self.url, Entries=entries)
+            failed.extend(entry["Id"] for entry in answer.get("Failed") or [])
+        return failed
+
+    def receive(self, max_messages: int = 1, wait_sec: int = 1) -> list[TaskMessage]:
+        answer = self._sqs.receive_message(
+            QueueUrl=self.url, MaxNumberOfMessages=max_messages, WaitTimeSeconds=wait_sec
+        )
+        messages = []
+        for message in answer.get("Messages", []):
+            try:
+                body = json.loads(message["Body"])
+                task_id = protocol.check_task_id(body[protocol.TASK_ID])
+                session_id = protocol.check_session_id(body[protocol.SESSION_ID])
+            except (KeyError, TypeError, ValueError) as exc:
+                logger.warning("dropping a malformed queue message: %s", exc)
+                self.delete(message["ReceiptHandle"])
+                continue
+            messages.append(TaskMessage(task_id, session_id, message["ReceiptHandle"], body))
+        return messages
+
+    def delete(self, receipt: str) -> None:
+        try:
+            self._sqs.delete_message(QueueUrl=self.url, ReceiptHandle=receipt)
+        except ClientError as exc:
+            # A handle that has gone stale means the message was received again elsewhere.
+            logger.debug("could not delete a queue message: %s", exc)
+
+    def set_visibility(self, receipt: str, seconds: int) -> bool:
+        """Hide the message for ``seconds`` from now (0: visible at once); False if stale."""
+        try:
+            self._sqs.change_message_visibility(
+                QueueUrl=self.url, ReceiptHandle=receipt, VisibilityTimeout=max(0, seconds)
+            )
+        except ClientError as exc:
+            logger.debug("could not change a queue message's visibility: %s", exc)
+            return False
+        return True
+
+    def approximate_depth(self) -> int:
+        attrs = self._sqs.get_queue_attributes(
+            QueueUrl=self.url, AttributeNames=["ApproximateNumberOfMessages"]
+        )["Attributes"]
+        return int(attrs.get("ApproximateNumberOfMessages", 0))
