@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from .config import GridConfig, load_config
-
+from .connector import AWSConnector
 from .errors import (
     APIError,
     AuthenticationError,
@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "APIError",
+    "AWSConnector",
     "AuthenticationError",
     "ConfigError",
     "DataPlaneError",

@@ -79,7 +79,9 @@ class DataPlane(ABC):
     # --- task-level operations (keys and encodings of the protocol) ----------------------
 
     def write_inputs(self, ids: Sequence[str], tasks: Sequence[Mapping[str, Any]]) -> None:
-        self.put_many({protocol.input_key(t): protocol.encode_input(d) for t, d in zip(ids, tasks)})
+        self.put_many(
+            {protocol.input_key(t): protocol.encode_input(d) for t, d in zip(ids, tasks)}
+        )
 
     def read_input(self, task_id: str) -> Any:
         data = self.get(protocol.input_key(task_id))

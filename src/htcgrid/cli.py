@@ -1,0 +1,268 @@
+"""The ``htcgrid`` command: an embedded grid, and HTC-Grid's documented clients.
+
+htcgrid local                  run an embedded grid until interrupted
+htcgrid simple-client          the documented simple client (embedded grid if no config)
+htcgrid client -n 2 ...        the documented batch client
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from . import __version__
+from .config import CONFIG_ENV
+from .connector import AWSConnector
+from .errors import HTCGridError
+
+logger = logging.getLogger("htcgrid.cli")
+
+SIMPLE_CLIENT_TASKS = (
+    {"worker_arguments": ["1000", "1", "1"]},
+    {"worker_arguments": ["2000", "1", "1"]},
+)
+
+
+def _add_grid_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        help=f"the grid's agent_config.json (default: ${CONFIG_ENV}; without either, an "
+        "embedded grid is started for the run)",
+    )
+    parser.add_argument(
+        "--private",
+        action="store_true",
+        default=None,
+        help="private mode: api key, no sign-in (also INTRA_VPC=1)",
+    )
+    parser.add_argument(
+        "--agents",
+        type=int,
+        default=None,
+        help="agents of the embedded grid (default: one per CPU core)",
+    )
+    parser.add_argument(
+        "--log",
+        default="warning",
+        choices=["debug", "info", "warning", "error", "critical"],
+        help="log level (default: warning)",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="htcgrid", description="Drive HTC-Grid from the command line or a notebook."
+    )
+    parser.add_argument("--version", action="version", version=f"htcgrid {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    local = commands.add_parser("local", help="run an embedded grid until interrupted")
+    local.add_argument(
+        "--agents", type=int, default=None, help="agent processes (default: one per CPU core)"
+    )
+    local.add_argument(
+        "--handler",
+        default=None,
+        help="worker handler as module:function (default: the mock engine)",
+    )
+    local.add_argument(
+        "--workdir",
+        default=None,
+        help="where to write agent_config.json and logs (default: a temp dir)",
+    )
+    local.add_argument(
+        "--log", default="info", choices=["debug", "info", "warning", "error", "critical"]
+    )
+
+    simple = commands.add_parser(
+        "simple-client", help="run HTC-Grid's documented simple client (two mock tasks)"
+    )
+    _add_grid_options(simple)
+    simple.add_argument(
+        "--timeout", type=float, default=100, help="seconds to wait for the results (default: 100)"
+    )
+
+    batch = commands.add_parser("client", help="run HTC-Grid's documented batch client")
+    _add_grid_options(batch)
+    batch.add_argument(
+        "-n", "--njobs", type=int, default=1, help="sessions to submit per thread (default: 1)"
+    )
+    batch.add_argument("--job_size", type=int, default=1, help="tasks per session (default: 1)")
+    batch.add_argument(
+        "--job_batch_size",
+        type=int,
+        default=1,
+        help="sessions sent before waiting for their results (default: 1)",
+    )
+    batch.add_argument(
+        "--nthreads",
+        type=int,
+        default=1,
+        help="client threads, each submitting njobs sessions (default: 1)",
+    )
+    batch.add_argument(
+        "--worker_arguments",
+        default="1000 1 1",
+        help='arguments of each task, space-separated (default: "1000 1 1")',
+    )
+    batch.add_argument(
+        "--timeout",
+        type=float,
+        default=0,
+        help="seconds to wait for each batch's results (default: no limit)",
+    )
+    return parser
+
+
+@contextlib.contextmanager
+def _grid(args: argparse.Namespace) -> Iterator[tuple[Any, str, str]]:
+    """Yield (config, username, password): the given grid's, or an embedded grid's."""
+    config = args.config or os.environ.get(CONFIG_ENV)
+    if config:
+        yield config, os.environ.get("USERNAME", ""), os.environ.get("PASSWORD", "")
+        return
+    from .local import LocalGrid
+
+    print("No grid configured: starting an embedded grid on this machine...", flush=True)
+    with LocalGrid(agents=args.agents) as grid:
+        yield grid.config_path, grid.username, grid.password
+
+
+def _connect(config: Any, username: str, password: str, private: bool | None) -> AWSConnector:
+    connector = AWSConnector()
+    connector.init(config, username=username, password=password, private=private)
+    connector.authenticate()
+    return connector
+
+
+def _simple_client(args: argparse.Namespace) -> int:
+    with _grid(args) as (config, username, password):
+        connector = _connect(config, username, password, args.private)
+        with connector:
+            submission = connector.send(list(SIMPLE_CLIENT_TASKS))
+            print(
+                f"session {submission['session_id']}: {len(submission['task_ids'])} tasks "
+                "submitted",
+                flush=True,
+            )
+            results = connector.get_results(submission, timeout_sec=args.timeout)
+    return _print_results(submission, results)
+
+
+def _print_results(submission: dict[str, Any], results: dict[str, Any]) -> int:
+    text: dict[str, tuple[str, str]] = {}
+    for state in ("finished", "failed", "cancelled"):
+        for task_id, value in zip(results[state], results[state + "_OUTPUT"]):
+            text[task_id] = (state, value)
+    for task_id in submission["task_ids"]:
+        state, value = text.get(task_id, ("not done", ""))
+        first_line = value.strip().splitlines()[-1] if value.strip() else ""
+        print(f"{task_id}  {state:<9}  {first_line}")
+    finished = len(results["finished"])
+    total = len(submission["task_ids"])
+    print(f"{finished} of {total} tasks finished")
+    return 0 if finished == total else 1
+
+
+def _batch_client(args: argparse.Namespace) -> int:
+    for name in ("njobs", "job_size", "job_batch_size", "nthreads"):
+        if getattr(args, name) < 1:
+            print(f"htcgrid client: --{name} must be at least 1", file=sys.stderr)
+            return 2
+    task = {"worker_arguments": args.worker_arguments.split()}
+    failures: list[str] = []
+    counts = {"sessions": 0, "finished": 0, "tasks": 0}
+    lock = threading.Lock()
+
+    def run_thread(connector: AWSConnector) -> None:
+        remaining = args.njobs
+        while remaining > 0:
+            batch = min(args.job_batch_size, remaining)
+            remaining -= batch
+            submissions = [connector.send([task] * args.job_size) for _ in range(batch)]
+            for submission in submissions:
+                results = connector.get_results(submission, timeout_sec=args.timeout)
+                with lock:
+                    counts["sessions"] += 1
+                    counts["tasks"] += len(submission["task_ids"])
+                    counts["finished"] += len(results["finished"])
+
+    started = time.perf_counter()
+    with _grid(args) as (config, username, password):
+        connector = _connect(config, username, password, args.private)
+        with connector:
+            threads = []
+            for _ in range(args.nthreads):
+
+                def target(c: AWSConnector = connector) -> None:
+                    try:
+                        run_thread(c)
+                    except HTCGridError as exc:
+                        failures.append(str(exc))
+
+                thread = threading.Thread(target=target, daemon=True)
+                threads.append(thread)
+                thread.start()
+            for thread in threads:
+                thread.join()
+    elapsed = time.perf_counter() - started
+    print(
+        f"{counts['sessions']} sessions, {counts['finished']} of {counts['tasks']} tasks "
+        f"finished in {elapsed:.1f} s"
+    )
+    for failure in failures:
+        print(f"error: {failure}", file=sys.stderr)
+    return 0 if not failures and counts["finished"] == counts["tasks"] else 1
+
+
+def _local(args: argparse.Namespace) -> int:
+    from .local import LocalGrid
+
+    kwargs: dict[str, Any] = {"agents": args.agents, "workdir": args.workdir}
+    if args.handler:
+        kwargs["handler"] = args.handler
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with LocalGrid(**kwargs) as grid:
+        print(f"Embedded HTC-Grid running: API {grid.api_url}, {grid.agents} agents.")
+        print(f"Configuration: {grid.config_path}")
+        print("To point a client at it, in another shell:")
+        print(f"  export {CONFIG_ENV}={grid.config_path}")
+        print(f"  set -a; . {grid.workdir}/credentials.env; set +a")
+        print("Press Ctrl-C to stop.", flush=True)
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        print("Stopping the embedded grid...", flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``htcgrid`` command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    commands = {"local": _local, "simple-client": _simple_client, "client": _batch_client}
+    try:
+        return commands[args.command](args)
+    except HTCGridError as exc:
+        print(f"htcgrid {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Checking a task list before anything is uploaded."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .errors import TaskValidationError
+
+#: Most tasks in one session. Larger lists are split with ``GridClient.map``.
+MAX_TASKS_PER_SESSION = 100_000
+#: Largest task definition, as JSON, in bytes (inputs travel through the data plane).
+MAX_TASK_BYTES = 1024 * 1024
+
+
+def validate_tasks(tasks: object) -> list[dict[str, Any]]:
+    """Return the tasks as a list of dicts, or raise a ``TaskValidationError`` naming the fault.
+
+    A task is a JSON-serialisable dict (e.g. ``{"worker_arguments": ["1000", "1", "1"]}``);
+    a session holds 1 to ``MAX_TASKS_PER_SESSION`` of them, each at most ``MAX_TASK_BYTES``
+    as JSON.
+    """
+    if isinstance(tasks, (str, bytes, Mapping)) or not isinstance(tasks, Sequence):
+        raise TaskValidationError(
+            f"tasks must be a list of dicts, not {type(tasks).__name__}; e.g. "
+            '[{"worker_arguments": ["1000", "1", "1"]}]'
+        )
+    if not tasks:
+        raise TaskValidationError("the task list is empty: give at least one task")
+    if len(tasks) > MAX_TASKS_PER_SESSION:
+        raise TaskValidationError(
+            f"{len(tasks)} tasks is more than the {MAX_TASKS_PER_SESSION} one session may "
+            "hold: split the list into several sessions"
+        )
+    checked = []
+    for index, task in enumerate(tasks):
+        if not isinstance(task, Mapping):
+            raise TaskValidationError(
+                f"task {index} is a {type(task).__name__}, not a dict: each task is a dict "
+                'such as {"worker_arguments": ["1000", "1", "1"]}'
+            )
+        try:
+            text = json.dumps(task, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TaskValidationError(
+                f"task {index} cannot be sent as JSON ({exc}): use str, int, float, bool, "
+                "None, lists and dicts with string keys"
+            ) from None
+        if len(text.encode("utf-8")) > MAX_TASK_BYTES:
+            raise TaskValidationError(
+                f"task {index} is {len(text.encode('utf-8'))} bytes as JSON, over the "
+                f"{MAX_TASK_BYTES} byte limit: put large data in S3 and pass its key instead"
+            )
+        checked.append(dict(task))
+    return checked
+
+
+def check_number(name: str, value: object, *, minimum: float = 0) -> None:
+    """Raise ``TaskValidationError`` unless ``value`` is a finite number above ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TaskValidationError(f"{name} must be a number, not {value!r}")
+    if value < minimum:
+        raise TaskValidationError(f"{name} must be at least {minimum}, not {value!r}")
