@@ -17,6 +17,7 @@ from .errors import (
     SubmissionUncertainError,
     TaskValidationError,
 )
+from .session import Session, SessionTimeoutError, TaskFailuresError
 
 __version__ = "0.1.0"
 
@@ -26,12 +27,18 @@ __all__ = [
     "AuthenticationError",
     "ConfigError",
     "DataPlaneError",
+    "GridClient",
     "GridConfig",
     "GridUnreachableError",
     "HTCGridError",
     "LocalGridError",
+    "Session",
+    "SessionNotFoundError",
+    "SessionTimeoutError",
     "SubmissionUncertainError",
+    "TaskFailuresError",
     "TaskValidationError",
+    "connect",
     "load_config",
 ]
 

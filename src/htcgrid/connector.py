@@ -29,7 +29,7 @@ from .config import ConfigSource, GridConfig, load_config
 from .controlplane import ControlPlane, RetryPolicy, SubmitOutcomeUnknown
 from .dataplane import DEFAULT_MAX_WORKERS, DataPlane, open_dataplane
 from .errors import APIError, HTCGridError, SubmissionUncertainError, TaskValidationError
-from .tasks import check_number, validate_tasks
+from .tasks import check_number, check_options, validate_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -152,18 +152,30 @@ class AWSConnector:
             /submit failed in a way that does not prove the grid refused the session.
         """
         checked = validate_tasks(tasks)
-        check_number("retries", retries)
-        check_number("timeout_sec", timeout_sec, minimum=1)
-        if not isinstance(retries, int) or not isinstance(timeout_sec, int):
-            raise TaskValidationError("retries and timeout_sec must be whole numbers")
+        check_options(retries, timeout_sec)
+        session_id = protocol.new_session_id()
+        ids = protocol.task_ids(session_id, len(checked))
+        return self.submit_session(
+            session_id, ids, checked, retries=retries, timeout_sec=timeout_sec, priority=priority
+        )
+
+    def submit_session(
+        self,
+        session_id: str,
+        ids: Sequence[str],
+        tasks: Sequence[Mapping[str, Any]],
+        *,
+        retries: int = protocol.DEFAULT_RETRY_COUNT,
+        timeout_sec: int = protocol.DEFAULT_TASK_TIMEOUT_SEC,
+        priority: int | None = None,
+    ) -> dict[str, Any]:
+        """Upload and submit checked tasks under ids made by the caller; see :meth:`send`."""
         dataplane, control, auth = self._require()
         if not auth.signed_in:
             self.authenticate()
-
-        session_id = protocol.new_session_id()
-        ids = protocol.task_ids(session_id, len(checked))
+        ids = list(ids)
         started = time.perf_counter()
-        dataplane.write_inputs(ids, checked)
+        dataplane.write_inputs(ids, tasks)
         dataplane.write_payload(
             protocol.make_envelope(
                 session_id,

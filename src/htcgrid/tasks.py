@@ -63,3 +63,13 @@ def check_number(name: str, value: object, *, minimum: float = 0) -> None:
         raise TaskValidationError(f"{name} must be a number, not {value!r}")
     if value < minimum:
         raise TaskValidationError(f"{name} must be at least {minimum}, not {value!r}")
+
+
+def check_options(retries: object, timeout_sec: object) -> None:
+    """Check a session's retry bound and per-task time limit before anything is sent."""
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise TaskValidationError(f"retries must be a whole number >= 0, not {retries!r}")
+    if isinstance(timeout_sec, bool) or not isinstance(timeout_sec, int) or timeout_sec < 1:
+        raise TaskValidationError(
+            f"the task timeout must be a whole number of seconds >= 1, not {timeout_sec!r}"
+        )

@@ -1,0 +1,278 @@
+"""``Session``: a future-like handle on one submitted session of tasks.
+
+A ``Session`` is a :class:`concurrent.futures.Future`, so ``concurrent.futures.wait`` and
+``as_completed`` accept it and ``await session`` works in a notebook cell. Its result is a
+pandas DataFrame with one row per task; failed tasks are rows, not an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Generator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from . import protocol
+from .errors import HTCGridError
+from .results import TaskRecord, decode_output, to_dataframe
+
+if TYPE_CHECKING:
+    from .client import GridClient
+
+logger = logging.getLogger(__name__)
+
+
+class SessionTimeoutError(HTCGridError, concurrent.futures.TimeoutError):
+    """A wait on a session ended before every task did; says which tasks and how many."""
+
+    def __init__(self, message: str, not_terminal: list[str], counts: dict[str, int]) -> None:
+        super().__init__(message)
+        self.not_terminal = not_terminal
+        self.counts = counts
+
+
+class TaskFailuresError(HTCGridError):
+    """Raised by :meth:`Session.raise_for_failures`: some tasks failed or were cancelled."""
+
+    def __init__(self, message: str, failed: dict[str, str]) -> None:
+        super().__init__(message)
+        self.failed = failed
+
+
+class Session(concurrent.futures.Future):
+    """A handle on a session of tasks, running on the grid.
+
+    Made by :meth:`GridClient.submit` (or :meth:`GridClient.session` to reattach); not
+    constructed directly. The future completes with the DataFrame of :meth:`result` when
+    every task has ended; it fails only if the session could not be submitted or the grid
+    could not be reached within the retry bound.
+
+    Examples
+    --------
+    >>> session = client.submit([{"worker_arguments": ["1000", "1", "1"]}])  # doctest: +SKIP
+    >>> session.status()  # doctest: +SKIP
+    {'pending': 0, 'processing': 1, 'finished': 0, 'failed': 0, 'cancelled': 0, 'total': 1}
+    >>> session.result()[["task_id", "status", "output"]]  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        client: GridClient,
+        session_id: str,
+        task_ids: Sequence[str],
+        inputs: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
+        super().__init__()
+        self._client = client
+        self.session_id = session_id
+        self.task_ids: list[str] = list(task_ids)
+        self._inputs = list(inputs) if inputs is not None else None
+        self._records = [TaskRecord(t) for t in self.task_ids]
+        self._index = {t: i for i, t in enumerate(self.task_ids)}
+        self._lock = threading.RLock()
+        self._grid_counts = False
+        self.submitted_at = time.time()
+        self.ended_at: float | None = None
+
+    # --- what the poller feeds in ----------------------------------------------------------
+
+    def _apply(self, answer: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+        """Take a /result answer in; return (newly finished, newly failed) task ids."""
+        finished: list[str] = []
+        failed: list[str] = []
+        with self._lock:
+            details = answer.get(protocol.TASKS_FIELD)
+            if isinstance(details, Mapping):
+                for task_id, detail in details.items():
+                    position = self._index.get(task_id)
+                    if position is not None and isinstance(detail, Mapping):
+                        self._apply_detail(self._records[position], detail)
+            for state, ids in protocol.terminal_ids(answer).items():
+                for task_id in ids:
+                    position = self._index.get(task_id)
+                    if position is None:
+                        continue
+                    record = self._records[position]
+                    if record.terminal and record.status == state:
+                        continue
+                    record.status = state
+                    if state == protocol.FINISHED and record.output is None:
+                        finished.append(task_id)
+                    elif state == protocol.FAILED and record.error is None:
+                        failed.append(task_id)
+            self._grid_counts = isinstance(answer.get(protocol.COUNTS_FIELD), Mapping)
+        return finished, failed
+
+    @staticmethod
+    def _apply_detail(record: TaskRecord, detail: Mapping[str, Any]) -> None:
+        status = detail.get("status")
+        if status in protocol.STATES and not record.terminal:
+            record.status = status
+        for key, attr in (
+            ("retries", "retries"),
+            ("agent", "agent"),
+            ("submitted_ms", "submitted_ms"),
+            ("started_ms", "started_ms"),
+            ("finished_ms", "finished_ms"),
+        ):
+            value = detail.get(key)
+            if value not in (None, "", 0, protocol.NO_OWNER):
+                setattr(record, attr, value)
+
+    def _store(self, outputs: Mapping[str, str | None], errors: Mapping[str, str | None]) -> None:
+        with self._lock:
+            for task_id, text in outputs.items():
+                self._records[self._index[task_id]].output = text if text is not None else ""
+            for task_id, text in errors.items():
+                self._records[self._index[task_id]].error = text or "failed (no error text)"
+
+    def _all_terminal(self) -> bool:
+        with self._lock:
+            return all(r.terminal for r in self._records)
+
+    def _finish(self) -> None:
+        """Complete the future with the DataFrame (called by the poller)."""
+        self.ended_at = time.time()
+        frame = self.to_dataframe()
+        if not self.done():
+            self.set_result(frame)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.ended_at = time.time()
+        if not self.done():
+            self.set_exception(exc)
+
+    # --- the public API --------------------------------------------------------------------
+
+    def status(self) -> dict[str, int]:
+        """Counts of the session's tasks by state, plus ``total``.
+
+        Against a real HTC-Grid, which reports only terminal tasks, every task not yet
+        finished, failed or cancelled counts as ``pending``.
+        """
+        with self._lock:
+            counts = dict.fromkeys(protocol.STATES, 0)
+            for record in self._records:
+                counts[record.status] += 1
+        counts["total"] = len(self._records)
+        return counts
+
+    def outputs(self) -> list[Any]:
+        """The tasks' outputs in task order (JSON decoded; ``None`` where not finished)."""
+        with self._lock:
+            return [
+                decode_output(r.output) if r.status == protocol.FINISHED else None
+                for r in self._records
+            ]
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """The DataFrame of the session as it stands now (also while it runs)."""
+        with self._lock:
+            records = [TaskRecord(**vars(r)) for r in self._records]
+        return to_dataframe(records, self._client._inputs_of(self))
+
+    def result(self, timeout: float | None = None) -> pd.DataFrame:
+        """Wait for every task to end and return the session's DataFrame.
+
+        Raises
+        ------
+        SessionTimeoutError
+            ``timeout`` seconds passed first; it names the tasks not done and the counts.
+        """
+        try:
+            return super().result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise self._timeout_error(timeout) from None
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        try:
+            return super().exception(timeout)
+        except concurrent.futures.TimeoutError:
+            raise self._timeout_error(timeout) from None
+
+    def _timeout_error(self, timeout: float | None) -> SessionTimeoutError:
+        with self._lock:
+            waiting = [r.task_id for r in self._records if not r.terminal]
+        counts = self.status()
+        shown = ", ".join(waiting[:5]) + (
+            f" and {len(waiting) - 5} more" if len(waiting) > 5 else ""
+        )
+        return SessionTimeoutError(
+            f"session {self.session_id}: {len(waiting)} of {counts['total']} tasks not done "
+            f"after {timeout} s ({_counts_text(counts)}); not done: {shown}. The session goes "
+            "on running: wait again, or cancel() it.",
+            waiting,
+            counts,
+        )
+
+    def running(self) -> bool:
+        """True while the session is on the grid and not every task has ended."""
+        return not self.done()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the session ends or ``timeout`` passes; True if it ended."""
+        done, _ = concurrent.futures.wait([self], timeout=timeout)
+        return bool(done)
+
+    def cancel(self) -> bool:
+        """Cancel the session's pending and running tasks on the grid.
+
+        Finished tasks keep their outputs. The future then completes with the DataFrame, in
+        which the cancelled tasks have the status ``cancelled``. Returns False if the session
+        had already ended.
+        """
+        if self.done():
+            return False
+        self._client._cancel(self)
+        return True
+
+    def raise_for_failures(self) -> None:
+        """Raise ``TaskFailuresError`` listing the failed and cancelled tasks, if any."""
+        with self._lock:
+            bad = {
+                r.task_id: r.error or r.status
+                for r in self._records
+                if r.status in (protocol.FAILED, protocol.CANCELLED)
+            }
+        if bad:
+            first = next(iter(bad.items()))
+            last_line = first[1].strip().splitlines()[-1] if first[1].strip() else first[1]
+            raise TaskFailuresError(
+                f"session {self.session_id}: {len(bad)} of {len(self._records)} tasks failed "
+                f"or were cancelled; first: {first[0]}: {last_line}",
+                bad,
+            )
+
+    def progress(self) -> None:
+        """Show a live progress bar of this session now (even where bars are off)."""
+        self._client._show_progress([self], force=True)
+
+    def __await__(self) -> Generator[Any, None, pd.DataFrame]:
+        return asyncio.wrap_future(self).__await__()
+
+    # --- display -------------------------------------------------------------------------
+
+    def _elapsed(self) -> float:
+        return (self.ended_at or time.time()) - self.submitted_at
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else "running"
+        return (
+            f"<Session {self.session_id} {state}: {_counts_text(self.status())}, "
+            f"{self._elapsed():.1f} s>"
+        )
+
+    def _repr_html_(self) -> str:
+        from .display import session_html
+
+        return session_html(self.session_id, self.status(), self.done(), self._elapsed())
+
+
+def _counts_text(counts: Mapping[str, int]) -> str:
+    parts = [f"{counts[s]} {s}" for s in protocol.STATES if counts.get(s)]
+    return ", ".join(parts) or "no tasks"
