@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from .client import GridClient, SessionNotFoundError, connect
 from .config import GridConfig, load_config
 from .connector import AWSConnector
 from .errors import (

@@ -75,16 +75,17 @@ class Session(concurrent.futures.Future):
         self._records = [TaskRecord(t) for t in self.task_ids]
         self._index = {t: i for i, t in enumerate(self.task_ids)}
         self._lock = threading.RLock()
-        self._grid_counts = False
+        self._fetched: set[str] = set()
         self.submitted_at = time.time()
         self.ended_at: float | None = None
 
     # --- what the poller feeds in ----------------------------------------------------------
 
     def _apply(self, answer: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-        """Take a /result answer in; return (newly finished, newly failed) task ids."""
-        finished: list[str] = []
-        failed: list[str] = []
+        """Take a /result answer in; return the finished and failed tasks to fetch.
+
+        Each task is returned once: its output (or error) is then downloaded by the poller.
+        """
         with self._lock:
             details = answer.get(protocol.TASKS_FIELD)
             if isinstance(details, Mapping):
@@ -95,33 +96,38 @@ class Session(concurrent.futures.Future):
             for state, ids in protocol.terminal_ids(answer).items():
                 for task_id in ids:
                     position = self._index.get(task_id)
-                    if position is None:
-                        continue
-                    record = self._records[position]
-                    if record.terminal and record.status == state:
-                        continue
-                    record.status = state
-                    if state == protocol.FINISHED and record.output is None:
-                        finished.append(task_id)
-                    elif state == protocol.FAILED and record.error is None:
-                        failed.append(task_id)
-            self._grid_counts = isinstance(answer.get(protocol.COUNTS_FIELD), Mapping)
+                    if position is not None:
+                        self._records[position].status = state
+            finished: list[str] = []
+            failed: list[str] = []
+            for record in self._records:
+                if record.task_id in self._fetched or not record.terminal:
+                    continue
+                if record.status == protocol.FINISHED:
+                    finished.append(record.task_id)
+                elif record.status == protocol.FAILED:
+                    failed.append(record.task_id)
+                self._fetched.add(record.task_id)
         return finished, failed
 
     @staticmethod
     def _apply_detail(record: TaskRecord, detail: Mapping[str, Any]) -> None:
-        status = detail.get("status")
+        status = detail.get(protocol.TASK_INFO_STATUS)
         if status in protocol.STATES and not record.terminal:
             record.status = status
+        retries = detail.get(protocol.TASK_INFO_RETRIES)
+        if isinstance(retries, int):
+            record.retries = retries
+        agent = detail.get(protocol.TASK_INFO_AGENT)
+        if agent and agent != protocol.NO_OWNER:
+            record.agent = str(agent)
         for key, attr in (
-            ("retries", "retries"),
-            ("agent", "agent"),
-            ("submitted_ms", "submitted_ms"),
-            ("started_ms", "started_ms"),
-            ("finished_ms", "finished_ms"),
+            (protocol.TASK_INFO_SUBMITTED_MS, "submitted_ms"),
+            (protocol.TASK_INFO_STARTED_MS, "started_ms"),
+            (protocol.TASK_INFO_FINISHED_MS, "finished_ms"),
         ):
             value = detail.get(key)
-            if value not in (None, "", 0, protocol.NO_OWNER):
+            if isinstance(value, int) and value > 0:
                 setattr(record, attr, value)
 
     def _store(self, outputs: Mapping[str, str | None], errors: Mapping[str, str | None]) -> None:
