@@ -11,6 +11,10 @@ from htcgrid import AWSConnector
 
 TESTS_DIR = Path(__file__).resolve().parent
 
+# jupyter_core warns about its old path layout unless told to use the new one; the warning
+# would fail every notebook test, since warnings are errors here.
+os.environ.setdefault("JUPYTER_PLATFORM_DIRS", "1")
+
 #: Short timings so that fault scenarios play out in seconds.
 FAST_SETTINGS = {
     "heartbeat_interval_sec": 0.5,
