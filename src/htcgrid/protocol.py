@@ -285,6 +285,13 @@ OUTPUT_PLACEHOLDER = "read_from_dataplane"
 COUNTS_FIELD = "counts"
 #: The embedded grid's additional /result field: per-task details (retries, times, agent).
 TASKS_FIELD = "tasks"
+# Keys of each task's entry in TASKS_FIELD (times in epoch ms, None until they happen).
+TASK_INFO_STATUS = "status"
+TASK_INFO_RETRIES = "retries"
+TASK_INFO_SUBMITTED_MS = "submitted_ms"
+TASK_INFO_STARTED_MS = "started_ms"
+TASK_INFO_FINISHED_MS = "finished_ms"
+TASK_INFO_AGENT = "agent"
 
 
 def results_answer(

@@ -187,7 +187,9 @@ class StateTable:
         """A conditional update; the row's old values if it applied, ``None`` if not."""
         try:
             answer = self._db.update_item(
-                TableName=self.name, Key={TASK_ID: {"S": task_id}}, ReturnValues="ALL_OLD",
+                TableName=self.name,
+                Key={TASK_ID: {"S": task_id}},
+                ReturnValues="ALL_OLD",
                 **kwargs,
             )
         except ClientError as exc:

@@ -1,0 +1,345 @@
+"""What /submit, /result and /cancel do on the state table, the queue and the data plane.
+
+No HTTP here: :class:`GridHandlers` takes decoded arguments, returns the JSON-ready answer,
+and raises a :class:`RequestError` subclass whose class tells the gateway the status to send.
+The answers are those of a real HTC-Grid, with the improvements PROTOCOL.md allows: a session
+id already in use is refused, a task row never exists without its queue message, cancelling
+never touches a finished task, and /result adds per-state counts and per-task details.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+from .. import protocol
+from ..dataplane import DataPlane
+from ..errors import HTCGridError
+from .statetable import StateTable, pending_row
+from .taskqueue import TaskQueue
+
+logger = logging.getLogger(__name__)
+
+#: Concurrent state-table updates of one cancel request.
+CANCEL_WORKERS = 8
+
+_STAGE_INVOCATION = protocol.STATS_KEYS[2]
+_STAGE_BEFORE_BATCH_WRITE = protocol.STATS_KEYS[3]
+
+
+class RequestError(HTCGridError):
+    """A request the grid refuses; the message is safe to send to the client."""
+
+
+class InvalidRequestError(RequestError):
+    """The request or the session's envelope is malformed (HTTP 400)."""
+
+
+class UnknownSessionError(RequestError):
+    """The state table holds no task of the session (HTTP 404)."""
+
+
+class SessionExistsError(RequestError):
+    """The session id was submitted before (HTTP 409)."""
+
+
+class SubmitFailedError(RequestError):
+    """The session could not be queued; nothing of it was kept (HTTP 543)."""
+
+
+def _positive_int(value: object, *, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def check_envelope(session_id: str, envelope: object) -> dict[str, Any]:
+    """Return the envelope's scheduling values if it is well formed, else raise.
+
+    Parameters
+    ----------
+    session_id : str
+        The id the client passed to /submit.
+    envelope : object
+        The decoded ``<session_id>-payload``.
+
+    Returns
+    -------
+    dict
+        ``task_ids`` (list, submission order), ``task_timeout_sec``, ``retry_count``,
+        ``priority`` and ``stats``.
+
+    Raises
+    ------
+    InvalidRequestError
+        Naming the first thing that is wrong.
+    """
+    if not isinstance(envelope, Mapping):
+        raise InvalidRequestError("the session payload must be a JSON object")
+    if envelope.get("session_id") != session_id:
+        raise InvalidRequestError(
+            f"the session payload is for session {envelope.get('session_id')!r}, "
+            f"not {session_id!r}"
+        )
+
+    tasks_list = envelope.get("tasks_list")
+    ids = tasks_list.get("tasks") if isinstance(tasks_list, Mapping) else None
+    if not isinstance(ids, list) or not ids:
+        raise InvalidRequestError(
+            "the session payload's tasks_list.tasks must be a non-empty list"
+        )
+    for task_id in ids:
+        try:
+            belongs = protocol.session_of(task_id) == session_id
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc)) from None
+        if not belongs:
+            raise InvalidRequestError(f"task {task_id!r} is not a task of session {session_id}")
+    if len(set(ids)) != len(ids):
+        raise InvalidRequestError("the session payload lists a task id twice")
+
+    scheduler = envelope.get("scheduler_data")
+    if not isinstance(scheduler, Mapping):
+        raise InvalidRequestError("the session payload has no scheduler_data object")
+    timeout = scheduler.get("task_timeout_sec")
+    retries = scheduler.get("retry_count")
+    if not _positive_int(timeout, minimum=1):
+        raise InvalidRequestError("scheduler_data.task_timeout_sec must be a positive integer")
+    # Zero retries is a valid choice: one attempt, then failed.
+    if not _positive_int(retries, minimum=0):
+        raise InvalidRequestError("scheduler_data.retry_count must be an integer of 0 or more")
+
+    stats = envelope.get("stats")
+    if not isinstance(stats, Mapping):
+        raise InvalidRequestError("the session payload has no stats object")
+    missing = [key for key in protocol.STATS_KEYS if key not in stats]
+    if missing:
+        raise InvalidRequestError(f"the session payload's stats lack {', '.join(missing)}")
+
+    context = envelope.get("context")
+    priority = context.get("tasks_priority", 0) if isinstance(context, Mapping) else 0
+    if not _positive_int(priority, minimum=0):
+        raise InvalidRequestError("context.tasks_priority must be an integer of 0 or more")
+
+    return {
+        "task_ids": list(ids),
+        "task_timeout_sec": timeout,
+        "retry_count": retries,
+        "priority": priority,
+        "stats": dict(stats),
+    }
+
+
+class GridHandlers:
+    """The grid's three API operations, on one grid's state table, queue and data plane.
+
+    Parameters
+    ----------
+    table : StateTable
+    queue : TaskQueue
+    dataplane : DataPlane
+
+    Examples
+    --------
+    >>> handlers = GridHandlers(StateTable(config), TaskQueue(config), open_dataplane(config))
+    ... # doctest: +SKIP
+    >>> handlers.submit(session_id)  # doctest: +SKIP
+    {'session_id': '...', 'task_ids': ['..._0', '..._1']}
+    """
+
+    def __init__(self, table: StateTable, queue: TaskQueue, dataplane: DataPlane) -> None:
+        self.table = table
+        self.queue = queue
+        self.dataplane = dataplane
+        self._submitting: set[str] = set()
+        self._submitting_lock = threading.Lock()
+
+    @contextmanager
+    def _only_submit(self, session_id: str) -> Iterator[None]:
+        # The table check alone lets two concurrent submits of one id both pass it.
+        with self._submitting_lock:
+            if session_id in self._submitting:
+                raise SessionExistsError(f"session {session_id} is being submitted already")
+            self._submitting.add(session_id)
+        try:
+            yield
+        finally:
+            with self._submitting_lock:
+                self._submitting.discard(session_id)
+
+    # --- /submit -------------------------------------------------------------------------
+
+    def submit(self, session_id: str) -> dict[str, Any]:
+        """Accept a session whose envelope and inputs are in the data plane.
+
+        Writes one pending row per task, then one queue message per task; if queueing fails,
+        the session's rows are deleted again, so that nothing half-submitted remains.
+
+        Raises
+        ------
+        InvalidRequestError
+            Bad session id, no or malformed envelope.
+        SessionExistsError
+            The session id is already in the state table.
+        SubmitFailedError
+            The tasks could not be queued; the session may be submitted again.
+        """
+        invoked_ms = protocol.now_ms()
+        try:
+            protocol.check_session_id(session_id)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc)) from None
+        try:
+            envelope = self.dataplane.read_payload(session_id)
+        except ValueError:
+            raise InvalidRequestError(
+                f"the payload of session {session_id} is not URL-safe base64 of UTF-8 JSON"
+            ) from None
+        if envelope is None:
+            raise InvalidRequestError(
+                f"session {session_id} has no payload in the data plane: write "
+                f"{protocol.payload_key(session_id)} before calling /submit"
+            )
+        checked = check_envelope(session_id, envelope)
+
+        with self._only_submit(session_id):
+            if self.table.session_exists(session_id):
+                raise SessionExistsError(
+                    f"session {session_id} was submitted already; submit new work under a new "
+                    "session id"
+                )
+            rows = [
+                pending_row(
+                    task_id,
+                    session_id,
+                    max_retries=checked["retry_count"],
+                    task_timeout_sec=checked["task_timeout_sec"],
+                    priority=checked["priority"],
+                    submitted_ms=invoked_ms,
+                )
+                for task_id in checked["task_ids"]
+            ]
+            stats = checked["stats"]
+            stats[_STAGE_INVOCATION] = {"label": "grid_api_submit_invocation", "tstmp": invoked_ms}
+            try:
+                self.table.put_rows(rows)
+                stats[_STAGE_BEFORE_BATCH_WRITE] = {
+                    "label": "grid_api_submit_before_queueing",
+                    "tstmp": protocol.now_ms(),
+                }
+                failed = self.queue.send(rows, stats)
+            except Exception as exc:
+                self._forget(session_id, checked["task_ids"])
+                raise SubmitFailedError(f"cannot queue session {session_id}: {exc}") from exc
+            if failed:
+                self._forget(session_id, checked["task_ids"])
+                raise SubmitFailedError(
+                    f"cannot queue {len(failed)} of {len(rows)} tasks of session {session_id}; "
+                    "nothing was kept, submit it again"
+                )
+        logger.info("session %s submitted: %d task(s)", session_id, len(rows))
+        return {"session_id": session_id, "task_ids": checked["task_ids"]}
+
+    def _forget(self, session_id: str, ids: Sequence[str]) -> None:
+        # Messages already sent stay in the queue; an agent cannot claim a task whose row is
+        # gone, so they are dropped when received.
+        try:
+            self.table.delete_rows(ids)
+        except Exception:
+            logger.exception(
+                "cannot delete the rows of session %s after a failed submit", session_id
+            )
+
+    # --- /result -------------------------------------------------------------------------
+
+    def result(self, session_id: str) -> dict[str, Any]:
+        """Return the states of a session's tasks, in the shape of a real grid's /result.
+
+        Raises
+        ------
+        InvalidRequestError
+            Bad session id.
+        UnknownSessionError
+            The state table holds no task of the session.
+        """
+        try:
+            protocol.check_session_id(session_id)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc)) from None
+        rows = self.table.session_rows(session_id)
+        if not rows:
+            raise UnknownSessionError(f"the grid knows no session {session_id}")
+        rows.sort(key=lambda row: protocol.task_index(row[protocol.TASK_ID]))
+
+        by_state: dict[str, list[str]] = {state: [] for state in protocol.STATES}
+        tasks: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            task_id = row[protocol.TASK_ID]
+            state = protocol.state_of(row[protocol.TASK_STATUS])
+            by_state[state].append(task_id)
+            tasks[task_id] = _task_details(row, state)
+        counts = {state: len(ids) for state, ids in by_state.items()}
+        return protocol.results_answer(
+            by_state, {protocol.COUNTS_FIELD: counts, protocol.TASKS_FIELD: tasks}
+        )
+
+    # --- /cancel -------------------------------------------------------------------------
+
+    def cancel(self, session_ids: Sequence[str]) -> dict[str, Any]:
+        """Cancel every pending and processing task of each session.
+
+        Finished, failed and already cancelled tasks are left as they are, so cancelling twice
+        answers zero counts the second time. An unknown session answers zero counts too.
+
+        Raises
+        ------
+        InvalidRequestError
+            A bad session id (nothing is cancelled then).
+        """
+        for session_id in session_ids:
+            try:
+                protocol.check_session_id(session_id)
+            except ValueError as exc:
+                raise InvalidRequestError(str(exc)) from None
+        answer: dict[str, Any] = {}
+        for session_id in dict.fromkeys(session_ids):
+            ids = [
+                row[protocol.TASK_ID]
+                for state in (protocol.PENDING, protocol.PROCESSING)
+                for row in self.table.session_rows(session_id, state)
+            ]
+            left = self._cancel_tasks(session_id, ids)
+            answer[session_id] = protocol.cancel_counts(
+                left.count(protocol.PENDING), left.count(protocol.PROCESSING)
+            )
+            logger.info("session %s: cancelled %d task(s)", session_id, len(left))
+        return answer
+
+    def _cancel_tasks(self, session_id: str, ids: Sequence[str]) -> list[str]:
+        """Cancel the tasks; the states they left (tasks that ended meanwhile are skipped)."""
+        if len(ids) <= 1:
+            states = [self.table.cancel(task_id, session_id) for task_id in ids]
+        else:
+            with ThreadPoolExecutor(
+                min(CANCEL_WORKERS, len(ids)), thread_name_prefix="htcgrid-cancel"
+            ) as pool:
+                states = list(pool.map(lambda t: self.table.cancel(t, session_id), ids))
+        return [state for state in states if state is not None]
+
+
+def _task_details(row: Mapping[str, Any], state: str) -> dict[str, Any]:
+    def _ms(key: str) -> int | None:
+        value = row.get(key) or 0
+        return int(value) if value else None
+
+    owner = row.get(protocol.TASK_OWNER)
+    return {
+        protocol.TASK_INFO_STATUS: state,
+        protocol.TASK_INFO_RETRIES: int(row.get(protocol.RETRIES, 0)),
+        protocol.TASK_INFO_SUBMITTED_MS: _ms(protocol.SUBMISSION_TIMESTAMP),
+        protocol.TASK_INFO_STARTED_MS: _ms(protocol.START_TIMESTAMP),
+        protocol.TASK_INFO_FINISHED_MS: _ms(protocol.TASK_COMPLETION_TIMESTAMP),
+        protocol.TASK_INFO_AGENT: None if owner in (None, protocol.NO_OWNER) else owner,
+    }

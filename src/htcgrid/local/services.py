@@ -1,0 +1,124 @@
+"""The embedded grid's AWS services: moto's server on a loopback port, in a process of its own.
+
+Run as ``python -m htcgrid.local.services``. The process prints one JSON line,
+``{"endpoint": "http://127.0.0.1:PORT"}``, then serves S3, SQS, DynamoDB and Cognito until its
+standard input reaches end of file (the parent closed it, or died) or it receives SIGTERM.
+
+:class:`Lifeline` and :func:`run_until_released` are shared with the gateway, the checker and
+the agents: every process of the embedded grid lives exactly as long as the pipe its parent
+holds open.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+logger = logging.getLogger(__name__)
+
+#: The only address the embedded grid listens on.
+LOOPBACK = "127.0.0.1"
+#: What a call to the local AWS services raises when it fails (for ``except`` clauses).
+AWS_ERRORS: tuple[type[Exception], ...] = (BotoCoreError, ClientError)
+
+
+class Lifeline:
+    """The tie of a child process to its parent: released at stdin's end of file, SIGTERM or
+    SIGINT.
+
+    Create it early in the main thread (it installs the signal handlers); a process waiting
+    for something else can then still notice that its parent is gone.
+
+    Parameters
+    ----------
+    released : threading.Event, optional
+        The event to set on release (a new one by default).
+    """
+
+    def __init__(self, released: threading.Event | None = None) -> None:
+        self.released = released if released is not None else threading.Event()
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        threading.Thread(target=self._watch_stdin, name="stdin-watch", daemon=True).start()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.released.set()
+
+    def _watch_stdin(self) -> None:
+        # os.read, not sys.stdin: a thread blocked inside sys.stdin's buffer holds its lock,
+        # and the interpreter aborts when it cannot take that lock at exit.
+        try:
+            while os.read(0, 4096):
+                pass
+        except OSError:
+            # A closed or missing stdin counts as a parent that is gone.
+            pass
+        self.released.set()
+
+    def hold(self) -> None:
+        """Block until released."""
+        # A bounded wait keeps the main thread responsive to signals on every platform.
+        while not self.released.wait(0.5):
+            pass
+
+
+def run_until_released(on_stop: Callable[[], None] | None = None) -> None:
+    """Block until stdin reaches end of file or SIGTERM/SIGINT arrives, then call ``on_stop``.
+
+    Must be called from the main thread (it installs the SIGTERM handler).
+
+    Parameters
+    ----------
+    on_stop : callable, optional
+        Called once, in the main thread, before this function returns.
+    """
+    Lifeline().hold()
+    if on_stop is not None:
+        on_stop()
+
+
+def announce(**fields: str) -> None:
+    """Print the one JSON line a parent process waits for, and flush it."""
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+def configure_logging() -> None:
+    """Log to standard error, the child process's log file."""
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # werkzeug logs every request line, query string included; one line per error is enough.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
+def main() -> int:
+    """Start moto's server on a free loopback port and serve until released."""
+    configure_logging()
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(LOOPBACK, 0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    logger.info("AWS services listening at %s", endpoint)
+    announce(endpoint=endpoint)
+
+    run_until_released()
+    # moto keeps everything in memory, so there is nothing to flush: the process's exit closes
+    # the socket. A graceful server.stop() would only add its half-second polling interval.
+    logger.info("AWS services stopping")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
