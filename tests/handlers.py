@@ -1,0 +1,62 @@
+"""Task handlers for the tests; workers import them as ``handlers:<name>``.
+
+``conftest.py`` puts this folder on ``PYTHONPATH``, so that spawned agents and workers find it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+#: A value the test handlers cannot turn into JSON.
+NOT_JSON = {1, 2, 3}
+#: Not a handler, though a handler spec may name it.
+NOT_A_FUNCTION = 42
+
+
+def echo(event: Any, context: Any) -> dict[str, Any]:
+    """Return the task and the ids of the attempt's context."""
+    return {
+        "event": event,
+        "task_id": context.task_id,
+        "session_id": context.session_id,
+        "agent_id": context.agent_id,
+        "has_time_left": context.get_remaining_time_in_millis() > 0,
+        "pid": os.getpid(),
+    }
+
+
+def raise_value_error(event: Any, context: Any) -> None:
+    """Fail with a ValueError that names the task."""
+    raise ValueError(f"bad task {event!r}")
+
+
+def exit_abruptly(event: Any, context: Any) -> None:
+    """End the worker process the hard way, with exit code ``event["code"]``."""
+    os._exit(int(event["code"]))
+
+
+def sleep(event: Any, context: Any) -> float:
+    """Sleep ``event["seconds"]`` seconds and return them."""
+    time.sleep(float(event["seconds"]))
+    return float(event["seconds"])
+
+
+def return_a_set(event: Any, context: Any) -> set[int]:
+    """Return something JSON cannot hold."""
+    return NOT_JSON
+
+
+def act(event: Any, context: Any) -> Any:
+    """Do what the task says, in order: sleep, exit, raise; then return ``event["return"]``.
+
+    ``{"sleep": 0.5}`` sleeps half a second, ``{"exit": 3}`` ends the worker with exit code 3,
+    ``{"raise": "boom"}`` raises ``RuntimeError("boom")``.
+    """
+    time.sleep(float(event.get("sleep", 0)))
+    if "exit" in event:
+        os._exit(int(event["exit"]))
+    if "raise" in event:
+        raise RuntimeError(event["raise"])
+    return event.get("return")
