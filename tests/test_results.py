@@ -9,15 +9,31 @@ from htcgrid.results import COLUMNS, TaskRecord, decode_output, to_dataframe
 
 def test_columns_rows_and_values():
     records = [
-        TaskRecord("S_0", "finished", output="1000", retries=0, agent="agent-1",
-                   submitted_ms=1_000, started_ms=2_000, finished_ms=3_500),
-        TaskRecord("S_1", "failed", error="ValueError: x", retries=2, submitted_ms=1_000,
-                   finished_ms=9_000),
+        TaskRecord(
+            "S_0",
+            "finished",
+            output="1000",
+            retries=0,
+            agent="agent-1",
+            submitted_ms=1_000,
+            started_ms=2_000,
+            finished_ms=3_500,
+        ),
+        TaskRecord(
+            "S_1",
+            "failed",
+            error="ValueError: x",
+            retries=2,
+            submitted_ms=1_000,
+            finished_ms=9_000,
+        ),
         TaskRecord("S_2"),
     ]
-    inputs = [{"worker_arguments": ["1000", "1", "1"], "opt": {"rate": 0.1}},
-              {"worker_arguments": ["x"], "opt": {"rate": 0.2}},
-              {"worker_arguments": ["5"], "opt": {"rate": 0.3}}]
+    inputs = [
+        {"worker_arguments": ["1000", "1", "1"], "opt": {"rate": 0.1}},
+        {"worker_arguments": ["x"], "opt": {"rate": 0.2}},
+        {"worker_arguments": ["5"], "opt": {"rate": 0.3}},
+    ]
 
     frame = to_dataframe(records, inputs)
 
