@@ -305,7 +305,10 @@ def test_the_user_signs_in_with_the_password_and_not_without(grid):
 def test_every_listening_socket_is_bound_to_loopback(grid):
     sockets = listening_sockets(list(grid.pids.values()))
 
-    ports = {int(url.rsplit(":", 1)[1].split("/")[0]) for url in (grid.endpoint, grid.api_url)}
+    ports = {
+        int(url.rsplit(":", 1)[1].split("/")[0])
+        for url in (*grid.endpoints.values(), grid.api_url)
+    }
     assert ports <= {port for _, port in sockets}
     assert {address for address, _ in sockets} == {"0100007F"}  # 127.0.0.1
 
@@ -624,28 +627,65 @@ def test_a_payload_that_is_not_base64_json_is_refused(handlers, dataplane):
         handlers.submit(session_id)
 
 
-class _FailingQueue:
-    def __init__(self, failure: Exception | None = None) -> None:
-        self.failure = failure
+class _FailingTable:
+    """The real state table, but writing rows fails after the first batch of them."""
 
-    def send(self, rows, stats):
-        if self.failure is not None:
-            raise self.failure
-        return [rows[-1][protocol.TASK_ID]]
+    def __init__(self, table: StateTable) -> None:
+        self.table = table
+
+    def put_rows(self, rows):
+        self.table.put_rows(rows[:1])
+        raise RuntimeError("table down")
+
+    def __getattr__(self, name):
+        return getattr(self.table, name)
 
 
-@pytest.mark.parametrize("failure", [None, RuntimeError("queue down")], ids=["partial", "error"])
-def test_a_session_that_cannot_be_queued_leaves_no_row_and_can_be_sent_again(
-    handlers, table, dataplane, failure
+def test_a_session_that_cannot_be_stored_leaves_no_row_and_can_be_sent_again(
+    handlers, table, dataplane
 ):
     session_id, ids = write_session(dataplane, 3)
-    failing = GridHandlers(table, _FailingQueue(failure), dataplane)
+    failing = GridHandlers(_FailingTable(table), handlers.queue, dataplane)
 
     with pytest.raises(SubmitFailedError, match=session_id):
         failing.submit(session_id)
 
     assert table.session_rows(session_id) == []
     assert handlers.submit(session_id)["task_ids"] == ids
+
+
+class _FlakyQueue:
+    """The real queue, but the first send of a batch loses its last message."""
+
+    def __init__(self, queue: TaskQueue) -> None:
+        self.queue = queue
+        self.sends = 0
+
+    def send(self, rows, stats):
+        self.sends += 1
+        if self.sends == 1:
+            self.queue.send(rows[:-1], stats)
+            return [rows[-1][protocol.TASK_ID]]
+        return self.queue.send(rows, stats)
+
+    def __getattr__(self, name):
+        return getattr(self.queue, name)
+
+
+def test_tasks_the_queue_refused_are_queued_again(handlers, table, dataplane):
+    session_id, ids = write_session(dataplane, 3)
+    flaky = _FlakyQueue(handlers.queue)
+    GridHandlers(table, flaky, dataplane).submit(session_id)
+
+    received: set[str] = set()
+    for _ in range(20):
+        received |= {m.task_id for m in handlers.queue.receive(10, 0)}
+
+    assert flaky.sends == 2
+    assert set(ids) <= received
+    assert {protocol.state_of(r["task_status"]) for r in table.session_rows(session_id)} == {
+        "pending"
+    }
 
 
 def test_handlers_refuse_duplicates_and_unknown_sessions(handlers, dataplane):
@@ -708,8 +748,15 @@ def test_stop_leaves_no_process_and_no_open_port(tmp_path):
     grid.start()
     elapsed = time.perf_counter() - started
     pids = grid.pids
-    urls = (grid.endpoint, grid.api_url)
-    assert set(pids) == {"services", "gateway", "checker", "agent-0"}
+    urls = (*grid.endpoints.values(), grid.api_url)
+    assert set(pids) == {
+        "services-sqs",
+        "services-s3",
+        "services-dynamodb",
+        "gateway",
+        "checker",
+        "agent-0",
+    }
     assert all(port_open(url) for url in urls)
 
     grid.stop()

@@ -283,11 +283,16 @@ def main(argv: list[str] | None = None) -> int:
         target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="gateway"
     )
     serving.start()
+    feeding = threading.Thread(
+        target=gateway.handlers.dispatcher.run, args=(lifeline.released,), name="dispatcher"
+    )
+    feeding.start()
     logger.info("API listening at %s", url)
     announce(url=url)
     lifeline.hold()
     server.shutdown()
     serving.join()
+    feeding.join()
     server.server_close()
     logger.info("API stopped")
     return 0

@@ -3,8 +3,9 @@
 No HTTP here: :class:`GridHandlers` takes decoded arguments, returns the JSON-ready answer,
 and raises a :class:`RequestError` subclass whose class tells the gateway the status to send.
 The answers are those of a real HTC-Grid, with the improvements PROTOCOL.md allows: a session
-id already in use is refused, a task row never exists without its queue message, cancelling
-never touches a finished task, and /result adds per-state counts and per-task details.
+id already in use is refused, cancelling never touches a finished task, and /result adds
+per-state counts and per-task details. Tasks are queued by the :mod:`dispatcher` as agents
+drain the queue, not all at /submit: see there why.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from .. import protocol
 from ..dataplane import DataPlane
 from ..errors import HTCGridError
+from .dispatcher import Dispatcher, TrackedSession, task_details
 from .statetable import StateTable, pending_row
 from .taskqueue import TaskQueue
 
@@ -149,10 +151,17 @@ class GridHandlers:
     {'session_id': '...', 'task_ids': ['..._0', '..._1']}
     """
 
-    def __init__(self, table: StateTable, queue: TaskQueue, dataplane: DataPlane) -> None:
+    def __init__(
+        self,
+        table: StateTable,
+        queue: TaskQueue,
+        dataplane: DataPlane,
+        dispatcher: Dispatcher | None = None,
+    ) -> None:
         self.table = table
         self.queue = queue
         self.dataplane = dataplane
+        self.dispatcher = dispatcher if dispatcher is not None else Dispatcher(table, queue)
         self._submitting: set[str] = set()
         self._submitting_lock = threading.Lock()
 
@@ -210,35 +219,37 @@ class GridHandlers:
                     f"session {session_id} was submitted already; submit new work under a new "
                     "session id"
                 )
+            row_fields = {
+                "max_retries": checked["retry_count"],
+                "task_timeout_sec": checked["task_timeout_sec"],
+                "priority": checked["priority"],
+                "submitted_ms": invoked_ms,
+            }
             rows = [
-                pending_row(
-                    task_id,
-                    session_id,
-                    max_retries=checked["retry_count"],
-                    task_timeout_sec=checked["task_timeout_sec"],
-                    priority=checked["priority"],
-                    submitted_ms=invoked_ms,
-                )
-                for task_id in checked["task_ids"]
+                pending_row(task_id, session_id, **row_fields) for task_id in checked["task_ids"]
             ]
             stats = checked["stats"]
             stats[_STAGE_INVOCATION] = {"label": "grid_api_submit_invocation", "tstmp": invoked_ms}
             try:
                 self.table.put_rows(rows)
-                stats[_STAGE_BEFORE_BATCH_WRITE] = {
-                    "label": "grid_api_submit_before_queueing",
-                    "tstmp": protocol.now_ms(),
-                }
-                failed = self.queue.send(rows, stats)
             except Exception as exc:
                 self._forget(session_id, checked["task_ids"])
-                raise SubmitFailedError(f"cannot queue session {session_id}: {exc}") from exc
-            if failed:
-                self._forget(session_id, checked["task_ids"])
-                raise SubmitFailedError(
-                    f"cannot queue {len(failed)} of {len(rows)} tasks of session {session_id}; "
-                    "nothing was kept, submit it again"
+                raise SubmitFailedError(f"cannot store session {session_id}: {exc}") from exc
+            stats[_STAGE_BEFORE_BATCH_WRITE] = {
+                "label": "grid_api_submit_before_queueing",
+                "tstmp": protocol.now_ms(),
+            }
+            self.dispatcher.add(
+                TrackedSession(
+                    session_id,
+                    checked["task_ids"],
+                    checked["priority"],
+                    row_fields,
+                    stats,
                 )
+            )
+            # The first tasks go to the queue before the answer; the rest as agents drain it.
+            self.dispatcher.feed_once()
         logger.info("session %s submitted: %d task(s)", session_id, len(rows))
         return {"session_id": session_id, "task_ids": checked["task_ids"]}
 
@@ -268,6 +279,11 @@ class GridHandlers:
             protocol.check_session_id(session_id)
         except ValueError as exc:
             raise InvalidRequestError(str(exc)) from None
+        tracked = self.dispatcher.get(session_id)
+        if tracked is not None:
+            self.dispatcher.refresh(tracked)
+            return self.dispatcher.answer(tracked)
+        # A session this gateway did not accept: read it from the state table's index.
         rows = self.table.session_rows(session_id)
         if not rows:
             raise UnknownSessionError(f"the grid knows no session {session_id}")
@@ -279,7 +295,7 @@ class GridHandlers:
             task_id = row[protocol.TASK_ID]
             state = protocol.state_of(row[protocol.TASK_STATUS])
             by_state[state].append(task_id)
-            tasks[task_id] = _task_details(row, state)
+            tasks[task_id] = task_details(row, state)
         counts = {state: len(ids) for state, ids in by_state.items()}
         return protocol.results_answer(
             by_state, {protocol.COUNTS_FIELD: counts, protocol.TASKS_FIELD: tasks}
@@ -305,17 +321,43 @@ class GridHandlers:
                 raise InvalidRequestError(str(exc)) from None
         answer: dict[str, Any] = {}
         for session_id in dict.fromkeys(session_ids):
-            ids = [
-                row[protocol.TASK_ID]
-                for state in (protocol.PENDING, protocol.PROCESSING)
-                for row in self.table.session_rows(session_id, state)
-            ]
+            tracked = self.dispatcher.get(session_id)
+            never_queued: list[str] = []
+            if tracked is not None:
+                never_queued = self._cancel_unqueued(tracked)
+                self.dispatcher.refresh(tracked)
+                with tracked.lock:
+                    ids = list(tracked.running)
+            else:
+                ids = [
+                    row[protocol.TASK_ID]
+                    for state in (protocol.PENDING, protocol.PROCESSING)
+                    for row in self.table.session_rows(session_id, state)
+                ]
             left = self._cancel_tasks(session_id, ids)
+            if tracked is not None:
+                with tracked.lock:
+                    tracked.refreshed_at = 0.0
             answer[session_id] = protocol.cancel_counts(
-                left.count(protocol.PENDING), left.count(protocol.PROCESSING)
+                len(never_queued) + left.count(protocol.PENDING), left.count(protocol.PROCESSING)
             )
             logger.info("session %s: cancelled %d task(s)", session_id, len(left))
         return answer
+
+    def _cancel_unqueued(self, tracked: TrackedSession) -> list[str]:
+        """Cancel the tasks the dispatcher never queued: no agent can hold them."""
+        ids = self.dispatcher.take_unqueued(tracked)
+        if ids:
+            ended_ms = protocol.now_ms()
+            rows = tracked.rows(ids)
+            for row in rows:
+                row[protocol.TASK_STATUS] = protocol.status_value(
+                    protocol.CANCELLED, tracked.session_id
+                )
+                row[protocol.TASK_COMPLETION_TIMESTAMP] = ended_ms
+            self.table.put_rows(rows)
+            self.dispatcher.mark_cancelled(tracked, ids, ended_ms)
+        return ids
 
     def _cancel_tasks(self, session_id: str, ids: Sequence[str]) -> list[str]:
         """Cancel the tasks; the states they left (tasks that ended meanwhile are skipped)."""
@@ -327,19 +369,3 @@ class GridHandlers:
             ) as pool:
                 states = list(pool.map(lambda t: self.table.cancel(t, session_id), ids))
         return [state for state in states if state is not None]
-
-
-def _task_details(row: Mapping[str, Any], state: str) -> dict[str, Any]:
-    def _ms(key: str) -> int | None:
-        value = row.get(key) or 0
-        return int(value) if value else None
-
-    owner = row.get(protocol.TASK_OWNER)
-    return {
-        protocol.TASK_INFO_STATUS: state,
-        protocol.TASK_INFO_RETRIES: int(row.get(protocol.RETRIES, 0)),
-        protocol.TASK_INFO_SUBMITTED_MS: _ms(protocol.SUBMISSION_TIMESTAMP),
-        protocol.TASK_INFO_STARTED_MS: _ms(protocol.START_TIMESTAMP),
-        protocol.TASK_INFO_FINISHED_MS: _ms(protocol.TASK_COMPLETION_TIMESTAMP),
-        protocol.TASK_INFO_AGENT: None if owner in (None, protocol.NO_OWNER) else owner,
-    }

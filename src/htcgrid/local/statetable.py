@@ -121,6 +121,26 @@ class StateTable:
                 return
             kwargs["ExclusiveStartKey"] = last
 
+    def get_many(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Return the rows of tasks by id (absent ones are left out), 100 keys a request."""
+        rows: dict[str, dict[str, Any]] = {}
+        for batch in protocol.chunks(list(task_ids), 100):
+            request: dict[str, Any] = {
+                self.name: {"Keys": [{TASK_ID: {"S": t}} for t in batch], "ConsistentRead": True}
+            }
+            for attempt in range(8):
+                answer = self._db.batch_get_item(RequestItems=request)
+                for item in answer.get("Responses", {}).get(self.name, []):
+                    row = _from_item(item)
+                    rows[row[TASK_ID]] = row
+                request = answer.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                time.sleep(min(0.05 * 2**attempt, 2.0))
+            else:
+                raise RuntimeError("DynamoDB left keys unread after 8 attempts")
+        return rows
+
     def session_rows(self, session_id: str, state: str | None = None) -> list[dict[str, Any]]:
         """Return the rows of a session (of one state, if given), following every page."""
         condition = f"{SESSION_ID} = :s"
@@ -242,15 +262,25 @@ class StateTable:
             is not None
         )
 
-    def finish(self, task_id: str, session_id: str, agent_id: str) -> bool:
-        """processing -> finished; call only after the output is written."""
+    def finish(
+        self, task_id: str, session_id: str, agent_id: str, started_ms: int | None = None
+    ) -> bool:
+        """processing -> finished; call only after the output is written.
+
+        ``started_ms``, when given, records when the handler started (a task claimed in a
+        batch may wait a little after its claim).
+        """
         condition, values = self._owned(session_id, agent_id)
         values[":done"] = {"S": status_value(FINISHED, session_id)}
         values[":now"] = {"N": str(protocol.now_ms())}
+        update = f"SET {TASK_STATUS} = :done, {TASK_COMPLETION_TIMESTAMP} = :now"
+        if started_ms:
+            values[":start"] = {"N": str(started_ms)}
+            update += f", {START_TIMESTAMP} = :start"
         return (
             self._update(
                 task_id,
-                UpdateExpression=f"SET {TASK_STATUS} = :done, {TASK_COMPLETION_TIMESTAMP} = :now",
+                UpdateExpression=update,
                 ConditionExpression=condition,
                 ExpressionAttributeValues=values,
             )
