@@ -24,6 +24,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -42,10 +44,10 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a receive waits for a message (SQS long polling).
 RECEIVE_WAIT_SEC = 1
-#: A claimed message stays hidden for the task's timeout plus this margin.
-VISIBILITY_MARGIN_SEC = 30
-#: SQS refuses visibility timeouts over 12 hours.
-MAX_VISIBILITY_SEC = 43_200
+#: Most messages an agent takes at once (SQS's own bound), for tasks that take no time.
+MAX_BATCH = 10
+#: An agent takes as many tasks at once as it expects to run in about this many seconds.
+BATCH_TARGET_SEC = 0.2
 #: Bounds of the pause after an error in the loop, doubling from the first to the last.
 ERROR_BACKOFF_SEC = (0.5, 10.0)
 #: How long a stopping agent waits for its loop to end before it exits anyway.
@@ -79,7 +81,9 @@ class Agent:
         self.worker = WorkerProcess(self.settings.handler)
         self.table = StateTable(config)
         self.queue = TaskQueue(config)
-        self.dataplane = open_dataplane(config, max_workers=2)
+        self.dataplane = open_dataplane(config, max_workers=MAX_BATCH)
+        self._pool = ThreadPoolExecutor(MAX_BATCH, thread_name_prefix=f"{agent_id}-io")
+        self._batch = 1
 
     def __repr__(self) -> str:
         return f"<Agent {self.agent_id} handler={self.settings.handler}>"
@@ -105,117 +109,166 @@ class Agent:
                 self.stop.wait(self.settings.empty_queue_backoff_sec)
 
     def run_once(self) -> bool:
-        """Take one message from the queue and deal with it; ``False`` if there was none."""
-        messages = self.queue.receive(max_messages=1, wait_sec=RECEIVE_WAIT_SEC)
-        for message in messages:
-            self.process(message)
-        return bool(messages)
+        """Take a batch of messages from the queue and run their tasks; ``False`` if none.
 
-    def process(self, message: TaskMessage) -> None:
-        """Claim the message's task, run it and record how the attempt ended."""
-        task_id, session_id = message.task_id, message.session_id
+        Short tasks come in batches of up to :data:`MAX_BATCH` (one receive, one delete and
+        concurrent data-plane and state-table calls for the batch), long ones one at a time,
+        so that an agent never sits on tasks other agents could run.
+        """
+        messages = self.queue.receive(max_messages=self._batch, wait_sec=RECEIVE_WAIT_SEC)
+        if not messages:
+            return False
         heartbeat_s = int(time.time()) + self.settings.heartbeat_expiry_sec
-        row = self.table.claim(task_id, session_id, self.agent_id, message.receipt, heartbeat_s)
-        if row is None:
-            self._drop_if_settled(message)
-            return
+        rows = self._pool.map(lambda m: self._claim(m, heartbeat_s), messages)
+        claimed = [(m, row) for m, row in zip(messages, rows) if row is not None]
+        for message, row in zip(messages, rows):
+            if row is None:
+                self._drop_if_settled(message)
+        if not claimed:
+            return True
+        # The state table holds the claimed tasks now: a task whose agent dies is found by
+        # its expired heartbeat and queued again by the checker, so the messages can go.
+        self.queue.delete_many([m.receipt for m, _ in claimed])
+        self._run_batch(claimed)
+        return True
 
-        timeout = int(row.get(protocol.TASK_TIMEOUT_SEC, protocol.DEFAULT_TASK_TIMEOUT_SEC))
-        visibility = min(timeout + VISIBILITY_MARGIN_SEC, MAX_VISIBILITY_SEC)
-        self.queue.set_visibility(message.receipt, visibility)
-        attempt = int(row.get(protocol.RETRIES, 0)) + 1
-        logger.info("agent %s: running task %s (attempt %d)", self.agent_id, task_id, attempt)
+    def _claim(self, message: TaskMessage, heartbeat_s: int) -> dict[str, Any] | None:
+        return self.table.claim(
+            message.task_id, message.session_id, self.agent_id, message.receipt, heartbeat_s
+        )
 
-        outcome, lost = self._attempt(message, timeout)
-        if lost:
-            logger.warning(
-                "agent %s: task %s was cancelled or taken away; its handler was stopped",
-                self.agent_id,
-                task_id,
-            )
-            self._drop_if_settled(message)
-        elif outcome.ending is Ending.STOPPED:
-            # The agent is shutting down. Its heartbeat stops with it, and the checker hands
-            # the task to another agent once the heartbeat has expired.
-            logger.warning(
-                "agent %s: stopping with task %s unfinished; it will be retried once its "
-                "heartbeat expires",
-                self.agent_id,
-                task_id,
-            )
-        elif outcome.ok:
-            self._finish(message, outcome)
-        else:
-            self._fail(message, outcome)
-
-    def _attempt(self, message: TaskMessage, timeout_sec: int) -> tuple[Outcome, bool]:
-        """Run the handler with a heartbeat; the outcome, and whether the task was lost."""
-        done, lost = threading.Event(), threading.Event()
+    def _run_batch(self, claimed: list[tuple[TaskMessage, dict[str, Any]]]) -> None:
+        held = {m.task_id: m for m, _ in claimed}
+        lost: set[str] = set()
+        done = threading.Event()
         beat = threading.Thread(
-            target=self._keep_heartbeat,
-            args=(message, done, lost),
-            name=f"heartbeat-{message.task_id}",
-            daemon=True,
+            target=self._keep_heartbeats, args=(held, lost, done), name="heartbeat", daemon=True
         )
         beat.start()
+        started = time.monotonic()
         try:
-            try:
-                event = self.dataplane.read_input(message.task_id)
-            except (DataPlaneError, ValueError) as exc:
-                outcome = Outcome(Ending.FAILED, error=f"cannot read the task's input: {exc}")
-            else:
-                context = HandlerContext(message.task_id, message.session_id, self.agent_id)
-                outcome = self.worker.run(
-                    event,
-                    timeout_sec,
-                    lambda: lost.is_set() or self.stop.is_set(),
-                    context=context,
-                )
+            inputs = self._read_inputs([m.task_id for m, _ in claimed])
+            finished: list[tuple[TaskMessage, Outcome, int]] = []
+            for message, row in claimed:
+                if self.stop.is_set():
+                    break
+                outcome, started_ms = self._attempt(message, row, inputs[message.task_id], lost)
+                if message.task_id in lost:
+                    logger.warning(
+                        "agent %s: task %s was cancelled or taken away; its handler was stopped",
+                        self.agent_id,
+                        message.task_id,
+                    )
+                elif outcome.ending is Ending.STOPPED:
+                    break
+                elif outcome.ok:
+                    finished.append((message, outcome, started_ms))
+                    continue
+                else:
+                    self._fail(message, outcome)
+                held.pop(message.task_id, None)
+            self._finish_all(finished)
+            for message, _ in claimed:
+                held.pop(message.task_id, None)
         finally:
             done.set()
             beat.join()
-        return outcome, lost.is_set()
+        if held:
+            # The agent is shutting down. Its heartbeats stop with it, and the checker hands
+            # the tasks to other agents once they have expired.
+            logger.warning(
+                "agent %s: stopping with %d task(s) unfinished; they will be retried once "
+                "their heartbeat expires",
+                self.agent_id,
+                len(held),
+            )
+        self._adapt_batch((time.monotonic() - started) / len(claimed))
 
-    def _keep_heartbeat(
-        self, message: TaskMessage, done: threading.Event, lost: threading.Event
+    def _adapt_batch(self, seconds_per_task: float) -> None:
+        # Batches of about BATCH_TARGET_SEC: tasks held by one agent wait no longer than that.
+        fitting = int(BATCH_TARGET_SEC / max(seconds_per_task, 1e-3))
+        self._batch = max(1, min(MAX_BATCH, fitting))
+
+    def _read_inputs(self, task_ids: list[str]) -> dict[str, Any]:
+        """Each task's decoded input, or the exception met reading it."""
+
+        def read(task_id: str) -> Any:
+            try:
+                return self.dataplane.read_input(task_id)
+            except (DataPlaneError, ValueError) as exc:
+                return exc
+
+        return dict(zip(task_ids, self._pool.map(read, task_ids)))
+
+    def _attempt(
+        self, message: TaskMessage, row: dict[str, Any], event: Any, lost: set[str]
+    ) -> tuple[Outcome, int]:
+        """Run the handler on one claimed task; the outcome and when it started (ms)."""
+        started_ms = protocol.now_ms()
+        if isinstance(event, Exception):
+            return Outcome(Ending.FAILED, error=f"cannot read the task's input: {event}"), 0
+        timeout = int(row.get(protocol.TASK_TIMEOUT_SEC, protocol.DEFAULT_TASK_TIMEOUT_SEC))
+        attempt = int(row.get(protocol.RETRIES, 0)) + 1
+        logger.info(
+            "agent %s: running task %s (attempt %d)", self.agent_id, message.task_id, attempt
+        )
+        context = HandlerContext(message.task_id, message.session_id, self.agent_id)
+        outcome = self.worker.run(
+            event,
+            timeout,
+            lambda: message.task_id in lost or self.stop.is_set(),
+            context=context,
+        )
+        return outcome, started_ms
+
+    def _keep_heartbeats(
+        self, held: dict[str, TaskMessage], lost: set[str], done: threading.Event
     ) -> None:
         while not done.wait(self.settings.heartbeat_interval_sec):
             heartbeat_s = int(time.time()) + self.settings.heartbeat_expiry_sec
-            try:
-                held = self.table.heartbeat(
-                    message.task_id, message.session_id, self.agent_id, heartbeat_s
-                )
-            except (BotoCoreError, ClientError) as exc:
-                # The next beat may get through before the heartbeat expires; if none does,
-                # the checker takes the task and the next beat reads as lost.
-                logger.warning(
-                    "agent %s: heartbeat of %s failed: %s", self.agent_id, message.task_id, exc
-                )
-                continue
-            if not held:
-                lost.set()
-                return
+            for message in list(held.values()):
+                try:
+                    kept = self.table.heartbeat(
+                        message.task_id, message.session_id, self.agent_id, heartbeat_s
+                    )
+                except (BotoCoreError, ClientError) as exc:
+                    # The next beat may get through before the heartbeat expires; if none
+                    # does, the checker takes the task and the next beat reads as lost.
+                    logger.warning(
+                        "agent %s: heartbeat of %s failed: %s", self.agent_id, message.task_id, exc
+                    )
+                    continue
+                if not kept:
+                    lost.add(message.task_id)
+                    held.pop(message.task_id, None)
 
-    def _finish(self, message: TaskMessage, outcome: Outcome) -> None:
-        # Output first: a client that sees "finished" must find the output.
-        self.dataplane.write_output(message.task_id, outcome.value)
-        if self.table.finish(message.task_id, message.session_id, self.agent_id):
-            self.queue.delete(message.receipt)
-            logger.info("agent %s: task %s finished", self.agent_id, message.task_id)
-        else:
-            logger.warning(
-                "agent %s: task %s was cancelled or taken away before it could be marked finished",
-                self.agent_id,
-                message.task_id,
-            )
-            self._drop_if_settled(message)
+    def _finish_all(self, finished: list[tuple[TaskMessage, Outcome, int]]) -> None:
+        """Write the outputs, then mark the tasks finished, concurrently across the batch."""
+
+        def finish(item: tuple[TaskMessage, Outcome, int]) -> None:
+            message, outcome, started_ms = item
+            # Output first: a client that sees "finished" must find the output.
+            self.dataplane.write_output(message.task_id, outcome.value)
+            if self.table.finish(message.task_id, message.session_id, self.agent_id, started_ms):
+                logger.debug("agent %s: task %s finished", self.agent_id, message.task_id)
+            else:
+                logger.warning(
+                    "agent %s: task %s was cancelled or taken away before it could be marked "
+                    "finished",
+                    self.agent_id,
+                    message.task_id,
+                )
+
+        for error in [f.exception() for f in [self._pool.submit(finish, i) for i in finished]]:
+            if error is not None:
+                raise error
 
     def _fail(self, message: TaskMessage, outcome: Outcome) -> None:
         self.dataplane.write_error(message.task_id, outcome.error)
         state = self.table.end_attempt(message.task_id, message.session_id, owner=self.agent_id)
         summary = outcome.error.split("\n", 1)[0]
         if state == PENDING:
-            self.queue.set_visibility(message.receipt, 0)
+            self._requeue(message.task_id)
             logger.warning(
                 "agent %s: task %s failed (%s); it will be retried",
                 self.agent_id,
@@ -223,15 +276,20 @@ class Agent:
                 summary,
             )
         elif state is not None:
-            self.queue.delete(message.receipt)
             logger.warning(
                 "agent %s: task %s failed (%s); no retries left",
                 self.agent_id,
                 message.task_id,
                 summary,
             )
-        else:
-            self._drop_if_settled(message)
+
+    def _requeue(self, task_id: str) -> None:
+        """Queue a task that went back to pending (its first message was deleted at claim)."""
+        row = self.table.get(task_id)
+        if row is None or protocol.state_of(row[TASK_STATUS]) != PENDING:
+            return
+        if self.queue.send([row], stats={}):
+            logger.error("task %s is pending but could not be queued again", task_id)
 
     def _drop_if_settled(self, message: TaskMessage) -> None:
         """Delete a message whose task has ended or is gone; leave it if the task may run."""
@@ -242,6 +300,7 @@ class Agent:
     def close(self) -> None:
         """End the worker process and release the agent's resources."""
         self.worker.close()
+        self._pool.shutdown(wait=True)
         self.dataplane.close()
 
 

@@ -79,6 +79,18 @@ class TaskQueue:
             # A handle that has gone stale means the message was received again elsewhere.
             logger.debug("could not delete a queue message: %s", exc)
 
+    def delete_many(self, receipts: Sequence[str]) -> None:
+        """Delete messages, ten to a request."""
+        for batch in protocol.chunks(list(receipts), 10):
+            entries = [{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(batch)]
+            try:
+                answer = self._sqs.delete_message_batch(QueueUrl=self.url, Entries=entries)
+            except ClientError as exc:
+                logger.debug("could not delete queue messages: %s", exc)
+                continue
+            for failure in answer.get("Failed") or []:
+                logger.debug("could not delete a queue message: %s", failure.get("Message"))
+
     def set_visibility(self, receipt: str, seconds: int) -> bool:
         """Hide the message for ``seconds`` from now (0: visible at once); False if stale."""
         try:
