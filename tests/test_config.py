@@ -127,3 +127,22 @@ def test_config_is_immutable():
         config.region = "us-east-1"  # type: ignore[misc]
     with pytest.raises(TypeError):
         config.raw["region"] = "us-east-1"  # type: ignore[index]
+
+
+def test_every_missing_key_is_named_at_once(tmp_path):
+    path = write(tmp_path, {"region": "eu-west-1"})
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, private=False)
+
+    assert str(caught.value) == (
+        f"{path} has no 'grid_storage_service', 's3_bucket', 'public_api_gateway_url', "
+        "'user_pool_id', 'cognito_userpool_client_id' keys"
+    )
+
+
+def test_a_missing_file_named_by_the_environment_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("AGENT_CONFIG_FILE", str(tmp_path / "gone.json"))
+
+    with pytest.raises(ConfigError, match=r"gone\.json \(named by \$AGENT_CONFIG_FILE\) does not"):
+        load_config()

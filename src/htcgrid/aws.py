@@ -38,8 +38,9 @@ def client(config: GridConfig, service: str, *, max_pool_connections: int = 10) 
             max_pool_connections=max_pool_connections,
         ),
     }
-    if config.aws_endpoint_url:
-        kwargs["endpoint_url"] = config.aws_endpoint_url
+    endpoint = config.service_endpoints.get(service) or config.aws_endpoint_url
+    if endpoint:
+        kwargs["endpoint_url"] = endpoint
     if config.aws_access_key_id and config.aws_secret_access_key:
         kwargs["aws_access_key_id"] = config.aws_access_key_id
         kwargs["aws_secret_access_key"] = config.aws_secret_access_key

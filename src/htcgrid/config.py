@@ -58,6 +58,8 @@ class GridConfig:
     task_input_via_storage: bool = True
     #: AWS endpoint of the embedded grid's services; ``None`` on a real deployment.
     aws_endpoint_url: str | None = None
+    #: Endpoints of single services (by boto3 service name) that differ from the default.
+    service_endpoints: Mapping[str, str] = field(default_factory=dict, compare=False)
     #: Static AWS credentials the embedded grid hands out; ``None`` to use the usual chain.
     aws_access_key_id: str | None = field(default=None, repr=False)
     aws_secret_access_key: str | None = field(default=None, repr=False)
@@ -88,6 +90,7 @@ def _truthy(value: object) -> bool:
 
 
 def _read(source: ConfigSource) -> tuple[dict[str, Any], str]:
+    origin = ""
     if source is None:
         path = os.environ.get(CONFIG_ENV)
         if not path:
@@ -95,14 +98,20 @@ def _read(source: ConfigSource) -> tuple[dict[str, Any], str]:
                 f"no grid configuration given: pass a path or a dict, or set {CONFIG_ENV} to "
                 "the agent_config.json of your grid (run 'htcgrid local' for an embedded one)"
             )
-        source = path
+        source, origin = path, f" (named by ${CONFIG_ENV})"
     if isinstance(source, Mapping):
         return dict(source), "<dict>"
     path = Path(source).expanduser()
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"grid configuration file {path} does not exist") from None
+        hint = (
+            f": point {CONFIG_ENV} at a running grid's agent_config.json (an embedded grid "
+            "removes its own when it stops), or unset it"
+            if origin
+            else ""
+        )
+        raise ConfigError(f"grid configuration file {path}{origin} does not exist{hint}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read grid configuration file {path}: {exc}") from None
     try:
@@ -123,6 +132,8 @@ class _Reader:
     def __init__(self, data: Mapping[str, Any], source: str) -> None:
         self.data = data
         self.source = source
+        #: Required keys found missing, reported together once every key was read.
+        self.missing: list[str] = []
 
     def _where(self) -> str:
         return "the grid configuration" if self.source == "<dict>" else self.source
@@ -130,7 +141,7 @@ class _Reader:
     def text(self, key: str, *, required: bool = True, default: str = "") -> str:
         if key not in self.data or self.data[key] is None:
             if required:
-                raise ConfigError(f"{self._where()} has no {key!r} key")
+                self.missing.append(key)
             return default
         value = self.data[key]
         if not isinstance(value, str):
@@ -186,7 +197,7 @@ def load_config(source: ConfigSource = None, *, private: bool | None = None) -> 
     if private is None:
         private = _truthy(os.environ.get(PRIVATE_ENV, ""))
 
-    storage = read.text("grid_storage_service").upper()
+    storage = read.text("grid_storage_service").upper() or STORAGE_S3
     if storage not in STORAGE_SERVICES:
         raise ConfigError(
             f"{read._where()}: 'grid_storage_service' is {storage!r}; expected one of "
@@ -200,7 +211,13 @@ def load_config(source: ConfigSource = None, *, private: bool | None = None) -> 
             f"{read._where()}: 'local_cognito_auth_flow' must be {AUTH_SRP} or {AUTH_PASSWORD}"
         )
 
-    return GridConfig(
+    endpoints = data.get("local_aws_endpoints") or {}
+    if not isinstance(endpoints, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in endpoints.items()
+    ):
+        raise ConfigError(f"{read._where()}: 'local_aws_endpoints' must map service names to URLs")
+
+    fields: dict[str, Any] = dict(
         region=read.text("region"),
         storage=storage,
         s3_bucket=read.text("s3_bucket", required=uses_s3),
@@ -216,9 +233,13 @@ def load_config(source: ConfigSource = None, *, private: bool | None = None) -> 
         private=private,
         task_input_via_storage=_truthy(data.get("task_input_passed_via_external_storage", 1)),
         aws_endpoint_url=read.text("aws_endpoint_url", required=False) or None,
+        service_endpoints=MappingProxyType(dict(endpoints)),
         aws_access_key_id=read.text("local_aws_access_key_id", required=False) or None,
         aws_secret_access_key=read.text("local_aws_secret_access_key", required=False) or None,
         auth_flow=auth_flow,
-        source=origin,
-        raw=MappingProxyType(dict(data)),
     )
+    if read.missing:
+        names = ", ".join(repr(key) for key in read.missing)
+        plural = "key" if len(read.missing) == 1 else "keys"
+        raise ConfigError(f"{read._where()} has no {names} {plural}")
+    return GridConfig(**fields, source=origin, raw=MappingProxyType(dict(data)))

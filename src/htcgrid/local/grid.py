@@ -36,7 +36,7 @@ from .processes import (
     write_private,
 )
 from .provision import new_tag, preload_models, provision
-from .settings import KEY_AGENTS, GridSettings
+from .settings import KEY_AGENTS, SERVICE_GROUPS, GridSettings
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class LocalGrid:
         self._config: GridConfig | None = None
         self._username = ""
         self._password = ""
-        self._services: ChildProcess | None = None
+        self._services: list[ChildProcess] = []
         self._gateway: ChildProcess | None = None
         self._checker: ChildProcess | None = None
         self._agents: list[ChildProcess] = []
@@ -162,11 +162,19 @@ class LocalGrid:
         session = boto3.session.Session()
         with ThreadPoolExecutor(1, thread_name_prefix="htcgrid-preload") as pool:
             preloaded = pool.submit(preload_models, session)
-            self._services = self._spawn("services", "htcgrid.local.services")
+            self._services = [
+                self._spawn(f"services-{group}", "htcgrid.local.services")
+                for group in SERVICE_GROUPS
+            ]
             self._gateway = self._spawn(
                 "gateway", "htcgrid.local.gateway", "--config", config_path
             )
-            endpoint = announcement(self._services, "endpoint")
+            endpoint = {
+                service: url
+                for child, services in zip(self._services, SERVICE_GROUPS.values())
+                for url in [announcement(child, "endpoint")]
+                for service in services
+            }
             preloaded.result()
         try:
             made = provision(
@@ -208,10 +216,10 @@ class LocalGrid:
         with self._lock:
             groups = [
                 [*self._agents, *([self._checker] if self._checker else [])],
-                [child for child in (self._gateway, self._services) if child is not None],
+                [*([self._gateway] if self._gateway else []), *self._services],
             ]
             everyone = [child for group in groups for child in group]
-            self._agents, self._checker, self._gateway, self._services = [], None, None, None
+            self._agents, self._checker, self._gateway, self._services = [], None, None, []
             was_running, self._running, self._config = self._running, False, None
             try:
                 for group in groups:
@@ -344,8 +352,13 @@ class LocalGrid:
 
     @property
     def endpoint(self) -> str:
-        """The URL of the local AWS services (S3, SQS, DynamoDB, Cognito)."""
+        """The URL of the grid's default AWS endpoint (its queues and user pool)."""
         return str(self.config.aws_endpoint_url)
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        """The URL of each local AWS service, by boto3 service name."""
+        return dict(self.config.service_endpoints)
 
     @property
     def api_url(self) -> str:
@@ -362,7 +375,7 @@ class LocalGrid:
     def pids(self) -> dict[str, int]:
         """Process id of each running child, by name (``services``, ``gateway``, ...)."""
         with self._lock:
-            children = [self._services, self._gateway, self._checker, *self._agents]
+            children = [*self._services, self._gateway, self._checker, *self._agents]
             return {c.name: c.process.pid for c in children if c is not None and c.alive}
 
     def __repr__(self) -> str:

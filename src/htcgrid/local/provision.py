@@ -13,6 +13,7 @@ import json
 import logging
 import secrets
 import string
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from botocore.config import Config
 
 from .. import aws, protocol
 from ..config import AUTH_PASSWORD, STORAGE_S3
-from .settings import KEY_DLQ, KEY_QUEUE, KEY_STATE_TABLE, GridSettings
+from .settings import KEY_DLQ, KEY_ENDPOINTS, KEY_QUEUE, KEY_STATE_TABLE, GridSettings
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def _make_user_pool(cognito: Any, tag: str, password: str) -> tuple[str, str]:
 
 
 def provision(
-    endpoint: str,
+    endpoint: str | Mapping[str, str],
     tag: str,
     *,
     settings: GridSettings | None = None,
@@ -186,8 +187,9 @@ def provision(
 
     Parameters
     ----------
-    endpoint : str
-        The local AWS endpoint, e.g. ``http://127.0.0.1:5000``.
+    endpoint : str or mapping
+        The local AWS endpoint, e.g. ``http://127.0.0.1:5000``, or one per boto3 service name
+        (``s3``, ``sqs``, ``dynamodb``, ``cognito-idp``).
     tag : str
         Suffix of every resource name, as a deployment's tag (see :func:`new_tag`).
     settings : GridSettings, optional
@@ -220,7 +222,12 @@ def provision(
     # Clients are made here, one after the other: a session is not safe to share between
     # threads, the clients it makes are.
     session = session or boto3.session.Session()
-    s3, sqs, db, cognito = (_client(session, s, endpoint, region) for s in _SERVICES)
+    endpoints = (
+        {service: endpoint for service in _SERVICES}
+        if isinstance(endpoint, str)
+        else {service: endpoint[service] for service in _SERVICES}
+    )
+    s3, sqs, db, cognito = (_client(session, s, endpoints[s], region) for s in _SERVICES)
 
     with ThreadPoolExecutor(4, thread_name_prefix="htcgrid-provision") as pool:
         # The user pool first: moto takes longest over it.
@@ -250,13 +257,14 @@ def provision(
         KEY_STATE_TABLE: table,
         KEY_QUEUE: queue,
         KEY_DLQ: dlq,
-        "sqs_endpoint": endpoint,
+        "sqs_endpoint": endpoints["sqs"],
         **settings.to_config(),
-        "aws_endpoint_url": endpoint,
+        "aws_endpoint_url": endpoints["sqs"],
+        KEY_ENDPOINTS: endpoints,
         "local_aws_access_key_id": LOCAL_CREDENTIAL,
         "local_aws_secret_access_key": LOCAL_CREDENTIAL,
         # moto's SRP flow accepts any password; its plain-password flow checks it.
         "local_cognito_auth_flow": AUTH_PASSWORD,
     }
-    logger.info("provisioned the embedded grid's resources with tag %s at %s", tag, endpoint)
+    logger.info("provisioned the embedded grid's resources with tag %s at %s", tag, endpoints)
     return Provisioned(config=config, username=USERNAME, password=password)

@@ -23,6 +23,16 @@ KEY_HANDLER = "local_worker_handler"
 KEY_CHECKER_PERIOD = "local_checker_period_sec"
 KEY_TOKEN_LIFETIME = "local_token_lifetime_sec"
 KEY_AGENTS = "local_agents"
+KEY_ENDPOINTS = "local_aws_endpoints"
+
+#: moto serves one Python process's worth of requests; each group of services gets a server
+#: process of its own, so that data-plane, state-table and queue traffic use every core. The
+#: first group's endpoint is the grid's default ``aws_endpoint_url``.
+SERVICE_GROUPS = {
+    "sqs": ("sqs", "cognito-idp"),
+    "s3": ("s3",),
+    "dynamodb": ("dynamodb",),
+}
 
 DEFAULT_HANDLER = "htcgrid.workers:mock_compute_engine"
 
