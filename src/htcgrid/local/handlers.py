@@ -214,7 +214,10 @@ class GridHandlers:
         checked = check_envelope(session_id, envelope)
 
         with self._only_submit(session_id):
-            if self.table.session_exists(session_id):
+            # By key, not by index query (moto reads the whole table for those): the ids
+            # of a session are S_0 ... S_n, so any earlier submission holds the first or last.
+            ids = checked["task_ids"]
+            if self.dispatcher.get(session_id) or self.table.get_many([ids[0], ids[-1]]):
                 raise SessionExistsError(
                     f"session {session_id} was submitted already; submit new work under a new "
                     "session id"

@@ -124,7 +124,8 @@ class StateTable:
     def get_many(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Return the rows of tasks by id (absent ones are left out), 100 keys a request."""
         rows: dict[str, dict[str, Any]] = {}
-        for batch in protocol.chunks(list(task_ids), 100):
+        # DynamoDB refuses a request that names a key twice.
+        for batch in protocol.chunks(list(dict.fromkeys(task_ids)), 100):
             request: dict[str, Any] = {
                 self.name: {"Keys": [{TASK_ID: {"S": t}} for t in batch], "ConsistentRead": True}
             }
@@ -155,16 +156,6 @@ class StateTable:
                 ExpressionAttributeValues=values,
             )
         )
-
-    def session_exists(self, session_id: str) -> bool:
-        answer = self._db.query(
-            TableName=self.name,
-            IndexName=protocol.SESSION_INDEX,
-            KeyConditionExpression=f"{SESSION_ID} = :s",
-            ExpressionAttributeValues={":s": {"S": session_id}},
-            Limit=1,
-        )
-        return bool(answer.get("Items"))
 
     def expired(self, partition: int, now_s: int) -> list[dict[str, Any]]:
         """Return the processing rows of a partition whose heartbeat is before ``now_s``."""
