@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -111,94 +111,113 @@ class Agent:
     def run_once(self) -> bool:
         """Take a batch of messages from the queue and run their tasks; ``False`` if none.
 
-        Short tasks come in batches of up to :data:`MAX_BATCH` (one receive, one delete and
-        concurrent data-plane and state-table calls for the batch), long ones one at a time,
-        so that an agent never sits on tasks other agents could run.
+        Short tasks come in batches of up to :data:`MAX_BATCH`: one receive and one delete
+        for the batch, inputs read ahead and outputs written behind, concurrently. A task is
+        claimed only just before it runs and marked finished as soon as it returns, so the
+        state table shows what really runs; and if a task runs longer than the batch was
+        meant to last, the messages not yet started go back to the queue for other agents.
         """
         messages = self.queue.receive(max_messages=self._batch, wait_sec=RECEIVE_WAIT_SEC)
         if not messages:
             return False
-        heartbeat_s = int(time.time()) + self.settings.heartbeat_expiry_sec
-        rows = self._pool.map(lambda m: self._claim(m, heartbeat_s), messages)
-        claimed = [(m, row) for m, row in zip(messages, rows) if row is not None]
-        for message, row in zip(messages, rows):
-            if row is None:
-                self._drop_if_settled(message)
-        if not claimed:
-            return True
-        # The state table holds the claimed tasks now: a task whose agent dies is found by
-        # its expired heartbeat and queued again by the checker, so the messages can go.
-        self.queue.delete_many([m.receipt for m, _ in claimed])
-        self._run_batch(claimed)
+        batch = _Batch(messages)
+        giveback = threading.Timer(2 * BATCH_TARGET_SEC, self._give_back, args=(batch,))
+        giveback.daemon = True
+        if len(messages) > 1:
+            giveback.start()
+        inputs = self._pool.map(self._read_input, [m.task_id for m in messages])
+        pending_inputs = dict(zip([m.task_id for m in messages], inputs))
+        finishing: list[Future[None]] = []
+        started = time.monotonic()
+        ran = 0
+        try:
+            while not self.stop.is_set():
+                message = batch.next()
+                if message is None:
+                    break
+                row = self._claim(message)
+                if row is None:
+                    self._drop_if_settled(message)
+                    continue
+                batch.claimed.append(message.receipt)
+                ran += 1
+                done = self._run(message, row, pending_inputs[message.task_id])
+                if done is not None:
+                    finishing.append(done)
+        finally:
+            giveback.cancel()
+            # A task that was never claimed keeps its message; a claimed task is the state
+            # table's (an agent that dies is found by its expired heartbeat, and the checker
+            # queues the task again), so its message can go.
+            self.queue.delete_many(batch.claimed)
+            self._give_back(batch)
+            for done in finishing:
+                error = done.exception()
+                if error is not None:
+                    raise error
+        if ran:
+            self._adapt_batch((time.monotonic() - started) / ran)
         return True
 
-    def _claim(self, message: TaskMessage, heartbeat_s: int) -> dict[str, Any] | None:
+    def _give_back(self, batch: _Batch) -> None:
+        """Make the messages of a batch that were not started visible to other agents."""
+        left = batch.take_rest()
+        if left:
+            self.queue.release_many([m.receipt for m in left])
+            logger.debug("agent %s: gave back %d message(s)", self.agent_id, len(left))
+
+    def _claim(self, message: TaskMessage) -> dict[str, Any] | None:
+        heartbeat_s = int(time.time()) + self.settings.heartbeat_expiry_sec
         return self.table.claim(
             message.task_id, message.session_id, self.agent_id, message.receipt, heartbeat_s
         )
 
-    def _run_batch(self, claimed: list[tuple[TaskMessage, dict[str, Any]]]) -> None:
-        held = {m.task_id: m for m, _ in claimed}
+    def _run(self, message: TaskMessage, row: dict[str, Any], event: Any) -> Future[None] | None:
+        """Run one claimed task; return the pending finish of a task that succeeded."""
+        held = {message.task_id: message}
         lost: set[str] = set()
         done = threading.Event()
         beat = threading.Thread(
             target=self._keep_heartbeats, args=(held, lost, done), name="heartbeat", daemon=True
         )
         beat.start()
-        started = time.monotonic()
         try:
-            inputs = self._read_inputs([m.task_id for m, _ in claimed])
-            finished: list[tuple[TaskMessage, Outcome, int]] = []
-            for message, row in claimed:
-                if self.stop.is_set():
-                    break
-                outcome, started_ms = self._attempt(message, row, inputs[message.task_id], lost)
-                if message.task_id in lost:
-                    logger.warning(
-                        "agent %s: task %s was cancelled or taken away; its handler was stopped",
-                        self.agent_id,
-                        message.task_id,
-                    )
-                elif outcome.ending is Ending.STOPPED:
-                    break
-                elif outcome.ok:
-                    finished.append((message, outcome, started_ms))
-                    continue
-                else:
-                    self._fail(message, outcome)
-                held.pop(message.task_id, None)
-            self._finish_all(finished)
-            for message, _ in claimed:
-                held.pop(message.task_id, None)
+            outcome, started_ms = self._attempt(message, row, event, lost)
         finally:
             done.set()
             beat.join()
-        if held:
-            # The agent is shutting down. Its heartbeats stop with it, and the checker hands
-            # the tasks to other agents once they have expired.
+        if message.task_id in lost:
             logger.warning(
-                "agent %s: stopping with %d task(s) unfinished; they will be retried once "
-                "their heartbeat expires",
+                "agent %s: task %s was cancelled or taken away; its handler was stopped",
                 self.agent_id,
-                len(held),
+                message.task_id,
             )
-        self._adapt_batch((time.monotonic() - started) / len(claimed))
+        elif outcome.ending is Ending.STOPPED:
+            # The agent is shutting down. Its heartbeat stops with it, and the checker hands
+            # the task to another agent once it has expired.
+            logger.warning(
+                "agent %s: stopping with task %s unfinished; it will be retried once its "
+                "heartbeat expires",
+                self.agent_id,
+                message.task_id,
+            )
+        elif outcome.ok:
+            return self._pool.submit(self._finish, message, outcome, started_ms)
+        else:
+            self._fail(message, outcome)
+        return None
 
     def _adapt_batch(self, seconds_per_task: float) -> None:
         # Batches of about BATCH_TARGET_SEC: tasks held by one agent wait no longer than that.
         fitting = int(BATCH_TARGET_SEC / max(seconds_per_task, 1e-3))
         self._batch = max(1, min(MAX_BATCH, fitting))
 
-    def _read_inputs(self, task_ids: list[str]) -> dict[str, Any]:
-        """Each task's decoded input, or the exception met reading it."""
-
-        def read(task_id: str) -> Any:
-            try:
-                return self.dataplane.read_input(task_id)
-            except (DataPlaneError, ValueError) as exc:
-                return exc
-
-        return dict(zip(task_ids, self._pool.map(read, task_ids)))
+    def _read_input(self, task_id: str) -> Any:
+        """A task's decoded input, or the exception met reading it."""
+        try:
+            return self.dataplane.read_input(task_id)
+        except (DataPlaneError, ValueError) as exc:
+            return exc
 
     def _attempt(
         self, message: TaskMessage, row: dict[str, Any], event: Any, lost: set[str]
@@ -242,26 +261,17 @@ class Agent:
                     lost.add(message.task_id)
                     held.pop(message.task_id, None)
 
-    def _finish_all(self, finished: list[tuple[TaskMessage, Outcome, int]]) -> None:
-        """Write the outputs, then mark the tasks finished, concurrently across the batch."""
-
-        def finish(item: tuple[TaskMessage, Outcome, int]) -> None:
-            message, outcome, started_ms = item
-            # Output first: a client that sees "finished" must find the output.
-            self.dataplane.write_output(message.task_id, outcome.value)
-            if self.table.finish(message.task_id, message.session_id, self.agent_id, started_ms):
-                logger.debug("agent %s: task %s finished", self.agent_id, message.task_id)
-            else:
-                logger.warning(
-                    "agent %s: task %s was cancelled or taken away before it could be marked "
-                    "finished",
-                    self.agent_id,
-                    message.task_id,
-                )
-
-        for error in [f.exception() for f in [self._pool.submit(finish, i) for i in finished]]:
-            if error is not None:
-                raise error
+    def _finish(self, message: TaskMessage, outcome: Outcome, started_ms: int) -> None:
+        # Output first: a client that sees "finished" must find the output.
+        self.dataplane.write_output(message.task_id, outcome.value)
+        if self.table.finish(message.task_id, message.session_id, self.agent_id, started_ms):
+            logger.debug("agent %s: task %s finished", self.agent_id, message.task_id)
+        else:
+            logger.warning(
+                "agent %s: task %s was cancelled or taken away before it could be marked finished",
+                self.agent_id,
+                message.task_id,
+            )
 
     def _fail(self, message: TaskMessage, outcome: Outcome) -> None:
         self.dataplane.write_error(message.task_id, outcome.error)
@@ -302,6 +312,25 @@ class Agent:
         self.worker.close()
         self._pool.shutdown(wait=True)
         self.dataplane.close()
+
+
+class _Batch:
+    """The messages of one receive: handed out one at a time, or given back all at once."""
+
+    def __init__(self, messages: list[TaskMessage]) -> None:
+        self._left = list(messages)
+        self._lock = threading.Lock()
+        #: Receipts of the messages whose tasks were claimed.
+        self.claimed: list[str] = []
+
+    def next(self) -> TaskMessage | None:
+        with self._lock:
+            return self._left.pop(0) if self._left else None
+
+    def take_rest(self) -> list[TaskMessage]:
+        with self._lock:
+            rest, self._left = self._left, []
+            return rest
 
 
 # --- the agent process -------------------------------------------------------------------
