@@ -102,7 +102,7 @@ def check_session_id(session_id: object) -> str:
     A valid id has 1 to 64 characters of ``[A-Za-z0-9-]``; it becomes part of data-plane keys,
     so nothing else may pass.
     """
-    if not isinstance(session_id, str) or not _SESSION_ID_RE.match(session_id):
+    if not isinstance(session_id, str) or not _SESSION_ID_RE.fullmatch(session_id):
         raise ValueError(
             f"invalid session id {session_id!r}: expected 1 to 64 characters of A-Z, a-z, 0-9 "
             "and '-' (for example a UUID)"
@@ -112,7 +112,7 @@ def check_session_id(session_id: object) -> str:
 
 def check_task_id(task_id: object) -> str:
     """Return ``task_id`` if it is a valid task id (``<session>_<n>``), else raise."""
-    if not isinstance(task_id, str) or not _TASK_ID_RE.match(task_id) or "_" not in task_id:
+    if not isinstance(task_id, str) or not _TASK_ID_RE.fullmatch(task_id) or "_" not in task_id:
         raise ValueError(
             f"invalid task id {task_id!r}: expected '<session id>_<number>' of at most "
             f"{MAX_TASK_ID_LENGTH} characters of A-Z, a-z, 0-9, '_' and '-'"

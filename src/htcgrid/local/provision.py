@@ -22,6 +22,7 @@ import boto3
 from botocore.config import Config
 
 from .. import aws, protocol
+from ..auth import redact_botocore_logs
 from ..config import AUTH_PASSWORD, STORAGE_S3
 from .settings import KEY_DLQ, KEY_ENDPOINTS, KEY_QUEUE, KEY_STATE_TABLE, GridSettings
 
@@ -229,6 +230,8 @@ def provision(
     )
     s3, sqs, db, cognito = (_client(session, s, endpoints[s], region) for s in _SERVICES)
 
+    # The password travels in a request body, which botocore logs at DEBUG.
+    redact_botocore_logs()
     with ThreadPoolExecutor(4, thread_name_prefix="htcgrid-provision") as pool:
         # The user pool first: moto takes longest over it.
         made_pool = pool.submit(_make_user_pool, cognito, tag, password)
