@@ -60,3 +60,16 @@ def act(event: Any, context: Any) -> Any:
     if "raise" in event:
         raise RuntimeError(event["raise"])
     return event.get("return")
+
+
+def record_execution(event: Any, context: Any) -> Any:
+    """Append the task id to the file ``event["record_to"]``, then sleep and return.
+
+    Each attempt that starts leaves one line, so a test can count how often each task ran.
+    ``{"sleep": 2}`` then sleeps two seconds; the task returns ``event.get("return")``.
+    """
+    # One short append per line: O_APPEND keeps lines of concurrent workers whole.
+    with open(event["record_to"], "a", encoding="utf-8") as record:
+        record.write(f"{context.task_id}\n")
+    time.sleep(float(event.get("sleep", 0)))
+    return event.get("return")

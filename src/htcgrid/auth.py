@@ -3,14 +3,23 @@
 The ID token goes raw in the ``Authorization`` header, as HTC-Grid's API Gateway expects. It
 is refreshed with the refresh token shortly before it expires, and again whenever the API
 answers 401; if the refresh token itself is refused, the user signs in again.
+
+Secrets stay out of log records. htcgrid's own loggers never format a password, token or api
+key. botocore, at DEBUG level, logs the body of every request and response, and Cognito's
+carry the password and the tokens: so a :class:`SecretRedactor` filter is attached to those
+botocore loggers when a :class:`CognitoAuth` is made. It changes no level and adds no handler
+(the application decides what is logged where); it only blanks secrets out of the records.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -25,6 +34,96 @@ logger = logging.getLogger(__name__)
 
 #: Refresh the ID token this many seconds before it expires (at most half its lifetime).
 REFRESH_MARGIN_SEC = 300
+
+#: botocore's loggers that write requests, responses or what is signed, at DEBUG level.
+BOTOCORE_BODY_LOGGERS = (
+    "botocore.endpoint",
+    "botocore.parsers",
+    "botocore.awsrequest",
+    "botocore.auth",
+    "botocore.httpsession",
+)
+#: Fields of Cognito (and STS) requests and answers whose values are secrets.
+_SECRET_FIELDS = (
+    "PASSWORD|Password|TemporaryPassword|ProposedPassword|PreviousPassword|NEW_PASSWORD|"
+    "REFRESH_TOKEN|SECRET_HASH|PASSWORD_CLAIM_SIGNATURE|IdToken|AccessToken|RefreshToken|"
+    "Session|SecretAccessKey|SessionToken"
+)
+_SECRET_FIELD_RE = re.compile(
+    rf"(?P<q>[\"'])(?P<key>{_SECRET_FIELDS})(?P=q)\s*:\s*(?P<v>[\"'])(?:\\.|(?!(?P=v)).)*(?P=v)"
+)
+#: A JSON Web Token (Cognito's ID and access tokens) wherever it appears.
+_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
+REDACTED = "<redacted>"
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Return ``text`` with every secret blanked out.
+
+    Blanked: the values of the secret fields of Cognito's JSON bodies (``PASSWORD``,
+    ``IdToken``, ``RefreshToken``, ...), anything shaped like a JSON Web Token, and each of
+    ``secrets`` wherever it occurs.
+
+    Examples
+    --------
+    >>> redact('{"USERNAME": "alice", "PASSWORD": "s3cret"}')
+    '{"USERNAME": "alice", "PASSWORD": "<redacted>"}'
+    """
+    text = _SECRET_FIELD_RE.sub(
+        lambda m: f"{m['q']}{m['key']}{m['q']}: {m['v']}{REDACTED}{m['v']}", text
+    )
+    text = _JWT_RE.sub(REDACTED, text)
+    for secret in secrets:
+        # Short values would blank out ordinary words; real secrets are long.
+        if len(secret) >= 8:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+class SecretRedactor(logging.Filter):
+    """A logging filter that blanks secrets out of records; it never drops a record.
+
+    Besides the patterns of :func:`redact`, it blanks the current password and tokens of
+    every live :class:`Authenticator` registered with :meth:`watch`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._sources: weakref.WeakSet[Authenticator] = weakref.WeakSet()
+
+    def watch(self, source: Authenticator) -> None:
+        with self._lock:
+            self._sources.add(source)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is the logging module's to report
+            return True
+        with self._lock:
+            sources = list(self._sources)
+        secrets = [secret for source in sources for secret in source._secrets()]
+        redacted = redact(message, secrets)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+_REDACTOR = SecretRedactor()
+
+
+def redact_botocore_logs(source: Authenticator | None = None) -> None:
+    """Attach the redacting filter to botocore's body loggers (once); watch ``source``.
+
+    Levels and handlers stay as the application set them.
+    """
+    if source is not None:
+        _REDACTOR.watch(source)
+    for name in BOTOCORE_BODY_LOGGERS:
+        botocore_logger = logging.getLogger(name)
+        if _REDACTOR not in botocore_logger.filters:
+            botocore_logger.addFilter(_REDACTOR)
 
 
 class Authenticator(ABC):
@@ -41,18 +140,26 @@ class Authenticator(ABC):
     def signed_in(self) -> bool:
         return True
 
+    def _secrets(self) -> list[str]:
+        """The secrets this authenticator holds now, for log redaction."""
+        return []
+
 
 class ApiKeyAuth(Authenticator):
     """Private mode: the grid's api key in ``x-api-key``; no sign-in."""
 
     def __init__(self, api_key: str) -> None:
         self._api_key = api_key
+        redact_botocore_logs(self)
 
     def headers(self) -> dict[str, str]:
         return {"x-api-key": self._api_key}
 
     def __repr__(self) -> str:
         return "ApiKeyAuth(api_key=<hidden>)"
+
+    def _secrets(self) -> list[str]:
+        return [self._api_key]
 
 
 class CognitoAuth(Authenticator):
@@ -73,9 +180,15 @@ class CognitoAuth(Authenticator):
         self._refresh_token: str | None = None
         self._expires_at = 0.0
         self._refresh_at = 0.0
+        self._access_token: str | None = None
+        redact_botocore_logs(self)
 
     def __repr__(self) -> str:
         return f"CognitoAuth(user={self.username!r}, pool={self.config.user_pool_id!r})"
+
+    def _secrets(self) -> list[str]:
+        held = (self._password, self._id_token, self._refresh_token, self._access_token)
+        return [secret for secret in held if secret]
 
     @property
     def signed_in(self) -> bool:
@@ -118,7 +231,8 @@ class CognitoAuth(Authenticator):
             raise self._sign_in_error(exc) from None
         except BotoCoreError as exc:
             raise GridUnreachableError(
-                f"cannot reach the grid's Cognito service to sign in: {exc}"
+                f"the grid is unreachable: its Cognito service did not answer the sign-in "
+                f"({exc}); check that the grid is running and that the configuration names it"
             ) from None
         if "AuthenticationResult" not in answer:
             challenge = answer.get("ChallengeName", "an unknown challenge")
@@ -150,6 +264,7 @@ class CognitoAuth(Authenticator):
         now = time.monotonic()
         lifetime = float(result.get("ExpiresIn", 3600))
         self._id_token = result["IdToken"]
+        self._access_token = result.get("AccessToken")
         self._refresh_token = result.get("RefreshToken", self._refresh_token)
         self._expires_at = now + lifetime
         self._refresh_at = now + max(lifetime - min(REFRESH_MARGIN_SEC, lifetime / 2), 0.0)
@@ -182,6 +297,7 @@ class CognitoAuth(Authenticator):
                     )
                 except BotoCoreError as exc:
                     raise GridUnreachableError(
-                        f"cannot reach the grid's Cognito service to refresh the token: {exc}"
+                        "the grid is unreachable: its Cognito service did not answer the "
+                        f"token refresh ({exc})"
                     ) from None
             self._store(self._authenticate())

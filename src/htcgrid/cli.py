@@ -53,7 +53,8 @@ def _add_grid_options(parser: argparse.ArgumentParser) -> None:
         "--log",
         default="warning",
         choices=["debug", "info", "warning", "error", "critical"],
-        help="log level (default: warning)",
+        help="log level of htcgrid's messages (default: warning); other libraries log "
+        "warnings only",
     )
 
 
@@ -247,12 +248,23 @@ def _local(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_logging(level: str) -> None:
+    """Log to standard error: htcgrid's records from ``level`` up, other libraries' warnings.
+
+    ``--log`` sets htcgrid's level only. botocore at DEBUG level logs the body of every
+    request and response, Cognito's sign-in with its password and tokens included, so the
+    command never lowers the level of other libraries below WARNING.
+    """
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("htcgrid").setLevel(level.upper())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``htcgrid`` command; returns the exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _configure_logging(args.log)
     commands = {"local": _local, "simple-client": _simple_client, "client": _batch_client}
     try:
         return commands[args.command](args)

@@ -12,6 +12,7 @@ import concurrent.futures
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -19,13 +20,20 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from . import protocol
+from .auth import redact_botocore_logs
 from .config import CONFIG_ENV, ConfigSource
 from .connector import AWSConnector
 from .display import client_html
-from .errors import HTCGridError, TaskValidationError
+from .errors import (
+    GridUnreachableError,
+    HTCGridError,
+    SubmissionUncertainError,
+    TaskValidationError,
+    unreachable_with_hint,
+)
 from .poller import Poller
 from .progress import make_bar
-from .session import Session
+from .session import Session, timeout_error
 from .tasks import check_options, validate_tasks
 
 if TYPE_CHECKING:
@@ -35,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 #: Tasks per session in :meth:`GridClient.map` when no ``chunk_size`` is given.
 DEFAULT_CHUNK_SIZE = 1000
+#: Seconds a session whose /submit failed uncertainly is watched for a sign that the grid
+#: holds it, before it fails with ``SubmissionUncertainError``.
+UNCONFIRMED_WATCH_SEC = 120.0
 
 
 class SessionNotFoundError(HTCGridError, LookupError):
@@ -79,6 +90,9 @@ def connect(
     if source is None:
         from .local import LocalGrid
 
+        # The embedded grid creates its user through botocore in this process: keep the
+        # password out of botocore's DEBUG records from the start.
+        redact_botocore_logs()
         kwargs: dict[str, Any] = {"agents": workers}
         if handler:
             kwargs["handler"] = handler
@@ -89,11 +103,12 @@ def connect(
             "workers and handler configure an embedded grid; a grid given by its "
             "configuration has its own agents and handler"
         )
+    connector = AWSConnector()
     try:
-        connector = AWSConnector()
         connector.init(source, username or "", password or "", private=private)
         connector.authenticate()
     except BaseException:
+        connector.close()
         if grid is not None:
             grid.stop()
         raise
@@ -105,14 +120,31 @@ class GridClient:
 
     Made by :func:`connect`. Usable as a context manager; ``close()`` stops an embedded grid
     that the client started.
+
+    Parameters
+    ----------
+    connector : AWSConnector
+        An initialised connector (its retry policy applies to every call of the client).
+    grid : LocalGrid, optional
+        An embedded grid that the client owns and stops on ``close()``.
+    unconfirmed_watch_sec : float
+        How long a session whose /submit failed uncertainly is watched for a sign that the
+        grid holds it; see :meth:`submit`.
     """
 
-    def __init__(self, connector: AWSConnector, *, grid: LocalGrid | None = None) -> None:
+    def __init__(
+        self,
+        connector: AWSConnector,
+        *,
+        grid: LocalGrid | None = None,
+        unconfirmed_watch_sec: float = UNCONFIRMED_WATCH_SEC,
+    ) -> None:
         if connector.config is None:
             raise HTCGridError("the connector is not initialised: call init(config) first")
         self.connector = connector
         self.config = connector.config
         self.grid = grid
+        self.unconfirmed_watch_sec = unconfirmed_watch_sec
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self._submitter = concurrent.futures.ThreadPoolExecutor(
@@ -138,6 +170,10 @@ class GridClient:
 
         The tasks are checked now (the same errors as ``AWSConnector.send``); the uploads and
         /submit run in the background, and their failure becomes the session's exception.
+        If /submit fails in a way that leaves open whether the grid took the session (a real
+        HTC-Grid can answer an error after queueing every task), the session is not submitted
+        again: it is watched for ``unconfirmed_watch_sec`` seconds, followed as usual once the
+        grid shows any of it, and fails with ``SubmissionUncertainError`` otherwise.
 
         Parameters
         ----------
@@ -212,6 +248,15 @@ class GridClient:
     def _send(self, session: Session, tasks: list[dict[str, Any]], options: dict) -> None:
         try:
             self.connector.submit_session(session.session_id, session.task_ids, tasks, **options)
+        except SubmissionUncertainError as exc:
+            logger.warning(
+                "session %s: /submit failed (%s); watching the grid for up to %.0f s for a sign "
+                "that it holds the session",
+                session.session_id,
+                exc.reason,
+                self.unconfirmed_watch_sec,
+            )
+            session._watch_unconfirmed(exc, self.unconfirmed_watch_sec)
         except Exception as exc:  # noqa: BLE001 - any failure is the session's exception
             logger.warning("session %s could not be submitted: %s", session.session_id, exc)
             session._fail(exc)
@@ -234,12 +279,16 @@ class GridClient:
     def session(self, session_id: str) -> Session:
         """Return a live :class:`Session` for a session submitted elsewhere (reattach).
 
-        Its task list comes from the session's payload in the data plane.
+        Its task list comes from the session's payload in the data plane. A handle of this
+        client that failed because the grid was unreachable, or because its submission was
+        uncertain, is replaced by a fresh one that follows the session again.
 
         Raises
         ------
         SessionNotFoundError
             No session with this id exists on the grid.
+        GridUnreachableError
+            The grid cannot be reached.
         """
         try:
             protocol.check_session_id(session_id)
@@ -247,16 +296,17 @@ class GridClient:
             raise SessionNotFoundError(str(exc)) from None
         with self._lock:
             known = self._sessions.get(session_id)
-        if known is not None:
+        if known is not None and not _lost(known):
             return known
-        envelope = self.connector.dataplane.read_payload(session_id)
-        if envelope is None:
+        hint = f"Reattach with client.session('{session_id}') once the grid is back"
+        with unreachable_with_hint(session_id, hint):
+            ids = self.connector.task_ids_of(session_id)
+        if ids is None:
             raise SessionNotFoundError(
                 f"no session {session_id} on this grid (its payload is not in the data "
                 "plane): check the id, and that the configuration names the grid it ran on"
             )
-        ids = list(envelope.get("tasks_list", {}).get("tasks", []))
-        session = Session(self, session_id, ids)
+        session = Session(self, session_id, ids, known._inputs if known is not None else None)
         with self._lock:
             self._sessions[session_id] = session
         self._poller.add(session)
@@ -282,10 +332,21 @@ class GridClient:
         return pd.DataFrame(rows, columns=columns)
 
     def gather(self, sessions: Sequence[Session], timeout: float | None = None) -> pd.DataFrame:
-        """Wait for sessions and return one DataFrame, with a ``session_id`` column."""
+        """Wait for sessions and return one DataFrame, with a ``session_id`` column.
+
+        Raises
+        ------
+        SessionTimeoutError
+            ``timeout`` seconds (for all the sessions together) passed first; it names the
+            tasks not done and the counts.
+        """
+        started = time.monotonic()
         frames = []
         for session in sessions:
-            frame = session.result(timeout).copy()
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+            if not session.wait(left):
+                raise timeout_error(sessions, timeout)
+            frame = session.result().copy()
             frame.insert(0, "session_id", session.session_id)
             frames.append(frame)
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -293,9 +354,18 @@ class GridClient:
     def as_completed(
         self, sessions: Sequence[Session], timeout: float | None = None
     ) -> Iterator[Session]:
-        """Yield sessions as they end (``concurrent.futures.as_completed``)."""
-        done = concurrent.futures.as_completed(sessions, timeout=timeout)
-        yield from done  # type: ignore[misc]
+        """Yield sessions as they end (``concurrent.futures.as_completed``).
+
+        Raises
+        ------
+        SessionTimeoutError
+            ``timeout`` seconds passed before every session ended; it names the tasks not
+            done and the counts.
+        """
+        try:
+            yield from concurrent.futures.as_completed(sessions, timeout=timeout)  # type: ignore[misc]
+        except concurrent.futures.TimeoutError:
+            raise timeout_error(sessions, timeout) from None
 
     def _cancel(self, session: Session) -> None:
         with self._lock:
@@ -307,7 +377,7 @@ class GridClient:
         self.connector.cancel_sessions([session.session_id])
         self._poller.wake()
 
-    def _inputs_of(self, session: Session) -> list[dict[str, Any]] | None:
+    def _inputs_of(self, session: Session) -> list[Mapping[str, Any]] | None:
         if session._inputs is None and session.task_ids:
             dataplane = self.connector.dataplane
             raw = dataplane.get_many(protocol.input_key(t) for t in session.task_ids)
@@ -363,3 +433,10 @@ def _close_at_exit(ref: weakref.ReferenceType[GridClient]) -> None:
     client = ref()
     if client is not None:
         client.close()
+
+
+def _lost(session: Session) -> bool:
+    """True for a handle that ended because the grid was out of reach or silent."""
+    if not session.done() or session.cancelled():
+        return False
+    return isinstance(session.exception(), (GridUnreachableError, SubmissionUncertainError))

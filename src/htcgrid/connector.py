@@ -26,12 +26,24 @@ from typing import Any
 from . import protocol
 from .auth import ApiKeyAuth, Authenticator, CognitoAuth
 from .config import ConfigSource, GridConfig, load_config
-from .controlplane import ControlPlane, RetryPolicy, SubmitOutcomeUnknown
+from .controlplane import ControlPlane, RetryPolicy
 from .dataplane import DEFAULT_MAX_WORKERS, DataPlane, open_dataplane
-from .errors import APIError, HTCGridError, SubmissionUncertainError, TaskValidationError
+from .errors import (
+    GridUnreachableError,
+    HTCGridError,
+    TaskValidationError,
+    unreachable_with_hint,
+)
 from .tasks import check_number, check_options, validate_tasks
 
 logger = logging.getLogger(__name__)
+
+
+def _reattach_hint(session_id: str) -> str:
+    return (
+        f"Session {session_id} may still be running on the grid: once the grid is reachable "
+        f"again, get_results('{session_id}') picks it up"
+    )
 
 
 class AWSConnector:
@@ -149,7 +161,16 @@ class AWSConnector:
         TaskValidationError
             The task list or an option is malformed; nothing was uploaded.
         SubmissionUncertainError
-            /submit failed in a way that does not prove the grid refused the session.
+            /submit failed, and the grid cannot tell whether it holds the session (a real
+            HTC-Grid can answer an error after queueing every task). The session is not
+            submitted again; the error carries its ``session_id`` and ``task_ids``.
+        GridUnreachableError
+            The grid could not be reached; nothing was submitted.
+
+        Transient faults are retried within the retry policy. A /submit that fails in a way
+        that leaves its outcome open is never simply repeated: the grid is asked with /result
+        first, and the session is submitted again only where the grid says that it holds
+        none of it (see :meth:`ControlPlane.submit_settled`).
         """
         checked = validate_tasks(tasks)
         check_options(retries, timeout_sec)
@@ -175,26 +196,23 @@ class AWSConnector:
             self.authenticate()
         ids = list(ids)
         started = time.perf_counter()
-        dataplane.write_inputs(ids, tasks)
-        dataplane.write_payload(
-            protocol.make_envelope(
-                session_id,
-                ids,
-                task_timeout_sec=timeout_sec,
-                retry_count=retries,
-                priority=priority,
-            )
+        not_sent = (
+            f"Session {session_id} was not submitted: send the tasks again once the grid is back"
         )
-        uploaded = time.perf_counter()
-        try:
-            answer = control.submit(session_id)
-        except SubmitOutcomeUnknown as exc:
-            return self._confirm_submission(session_id, ids, exc.reason)
-        except APIError as exc:
-            if exc.status != 409:
-                raise
-            # The grid already holds this session: an earlier attempt of ours got through.
-            return self._confirm_submission(session_id, ids, str(exc))
+        with unreachable_with_hint(session_id, not_sent):
+            dataplane.write_inputs(ids, tasks)
+            dataplane.write_payload(
+                protocol.make_envelope(
+                    session_id,
+                    ids,
+                    task_timeout_sec=timeout_sec,
+                    retry_count=retries,
+                    priority=priority,
+                )
+            )
+            uploaded = time.perf_counter()
+            # GridUnreachableError from here means that no attempt reached the grid.
+            submitted = control.submit_settled(session_id, ids)
         logger.info(
             "session %s: %d tasks uploaded in %.2f s, submitted in %.2f s",
             session_id,
@@ -202,35 +220,7 @@ class AWSConnector:
             uploaded - started,
             time.perf_counter() - uploaded,
         )
-        return {
-            "session_id": answer.get("session_id", session_id),
-            "task_ids": list(answer.get("task_ids") or ids),
-        }
-
-    def _confirm_submission(self, session_id: str, ids: list[str], reason: str) -> dict[str, Any]:
-        """Decide, after a failed /submit, whether the grid holds the session anyway."""
-        try:
-            answer = self.control.result(session_id)
-        except HTCGridError:
-            answer = {}
-        counts = answer.get(protocol.COUNTS_FIELD)
-        if isinstance(counts, Mapping) and sum(counts.values()) == len(ids):
-            logger.warning(
-                "session %s: /submit reported an error (%s), but the grid holds all "
-                "%d tasks; carrying on",
-                session_id,
-                reason,
-                len(ids),
-            )
-            return {"session_id": session_id, "task_ids": ids}
-        raise SubmissionUncertainError(
-            f"/submit of session {session_id} failed ({reason}), and the grid may still have "
-            f"queued its {len(ids)} tasks. Do not submit this session id again; watch it with "
-            f"get_results({{'session_id': '{session_id}', 'task_ids': [...]}}) or cancel it "
-            "with cancel_sessions.",
-            session_id,
-            ids,
-        )
+        return submitted
 
     def get_results(
         self, submission: Mapping[str, Any] | str, timeout_sec: float = 0
@@ -238,7 +228,17 @@ class AWSConnector:
         """Wait for a submission's tasks to end; return the documented results dict.
 
         Polls /result every ``dynamodb_results_pull_interval_sec`` until every task is
-        finished, failed or cancelled, or ``timeout_sec`` passes (0: no limit).
+        finished, failed or cancelled, or ``timeout_sec`` passes (0: no limit). A poll that
+        fails is retried within the connector's retry policy; one /result call may overrun
+        ``timeout_sec`` by at most that policy's bound.
+
+        Parameters
+        ----------
+        submission : dict or str
+            What :meth:`send` returned, or a session id (the task list is then read from the
+            session's payload in the data plane).
+        timeout_sec : float
+            Seconds to wait at most; 0 waits until every task has ended.
 
         Returns
         -------
@@ -247,8 +247,16 @@ class AWSConnector:
             ``finished_OUTPUT[i]``: the output text of ``finished[i]`` (e.g. ``"1000"``);
             ``failed_OUTPUT[i]``: the error text of ``failed[i]``; ``cancelled_OUTPUT``:
             empty strings; ``metadata``: ``tasks_in_response`` plus ``complete`` (False when
-            the wait timed out), ``not_terminal`` (the ids still pending or running) and
-            ``session_id``.
+            the wait timed out), ``not_terminal`` (the ids still pending or running),
+            ``counts`` (tasks by state) and ``session_id``.
+
+        Raises
+        ------
+        TaskValidationError
+            The submission or a session or task id in it is malformed (nothing was read).
+        GridUnreachableError
+            The grid could not be reached within the retry bound; the message says how to
+            pick the session up again.
         """
         session_id, ids = self._submission_ids(submission)
         check_number("timeout_sec", timeout_sec)
@@ -256,44 +264,60 @@ class AWSConnector:
         wanted = set(ids)
         deadline = time.monotonic() + timeout_sec if timeout_sec else None
         interval = self.config.results_pull_interval_sec if self.config else 1.0
-        while True:
-            answer = control.result(session_id)
-            by_state = protocol.terminal_ids(answer)
-            done = {t for state_ids in by_state.values() for t in state_ids} & wanted
-            if len(done) == len(wanted):
-                break
-            if deadline is not None and time.monotonic() + interval > deadline:
-                logger.warning(
-                    "session %s: %d of %d tasks not done when the wait of %s s ended",
-                    session_id,
-                    len(wanted) - len(done),
-                    len(wanted),
-                    timeout_sec,
-                )
-                break
-            time.sleep(interval)
-        return self._collect(session_id, ids, by_state, answer)
+        with unreachable_with_hint(session_id, _reattach_hint(session_id)):
+            while True:
+                answer = control.result(session_id)
+                by_state = protocol.terminal_ids(answer)
+                done = {t for state_ids in by_state.values() for t in state_ids} & wanted
+                if len(done) == len(wanted):
+                    break
+                if deadline is not None and time.monotonic() + interval > deadline:
+                    logger.warning(
+                        "session %s: %d of %d tasks not done when the wait of %s s ended",
+                        session_id,
+                        len(wanted) - len(done),
+                        len(wanted),
+                        timeout_sec,
+                    )
+                    break
+                time.sleep(interval)
+            return self._collect(session_id, ids, by_state, answer)
 
     def _submission_ids(self, submission: Mapping[str, Any] | str) -> tuple[str, list[str]]:
+        """The session id and task ids of a submission, each checked before any I/O."""
         if isinstance(submission, str):
-            session_id = protocol.check_session_id(submission)
-            envelope = self.dataplane.read_payload(session_id)
-            if envelope is None:
+            session_id = _checked_session_id(submission)
+            with unreachable_with_hint(session_id, _reattach_hint(session_id)):
+                ids = self.task_ids_of(session_id)
+            if ids is None:
                 raise HTCGridError(
                     f"session {session_id} has no payload in the data plane: "
                     "check the session id and the grid configuration"
                 )
-            return session_id, list(envelope["tasks_list"]["tasks"])
+            return session_id, ids
         if not isinstance(submission, Mapping) or "session_id" not in submission:
             raise TaskValidationError(
                 "get_results takes what send() returned ({'session_id': ..., 'task_ids': "
                 f"[...]}}) or a session id, not {type(submission).__name__}"
             )
-        session_id = protocol.check_session_id(submission["session_id"])
+        session_id = _checked_session_id(submission["session_id"])
         ids = submission.get("task_ids")
         if not ids:
             return self._submission_ids(session_id)
-        return session_id, [protocol.check_task_id(t) for t in ids]
+        return session_id, _checked_task_ids(session_id, ids)
+
+    def task_ids_of(self, session_id: str) -> list[str] | None:
+        """The task ids of a session, from its payload in the data plane; None if it has none.
+
+        Raises
+        ------
+        TaskValidationError
+            The session id is malformed (nothing was read), or the payload lists an id that
+            is not a task of this session.
+        """
+        session_id = _checked_session_id(session_id)
+        envelope = self.dataplane.read_payload(session_id)
+        return None if envelope is None else _payload_task_ids(session_id, envelope)
 
     def _collect(
         self,
@@ -340,11 +364,23 @@ class AWSConnector:
         }
         if isinstance(answer.get(protocol.COUNTS_FIELD), Mapping):
             metadata["counts"] = dict(answer[protocol.COUNTS_FIELD])
+        else:
+            # A grid that lists only ended tasks: the others are counted as pending.
+            metadata["counts"] = {
+                protocol.PENDING: len(not_terminal),
+                protocol.PROCESSING: 0,
+                **{state: len(ordered[state]) for state in protocol.TERMINAL_STATES},
+            }
         results["metadata"] = metadata
         return results
 
     def cancel_sessions(self, session_ids: Sequence[str] | str) -> dict[str, Any]:
         """Cancel the pending and running tasks of sessions; finished tasks stay finished.
+
+        A cancel that fails on the way is retried within the retry policy (cancelling twice
+        is harmless). If the grid acted on an attempt whose answer was lost, the retry's
+        counts include only what the retry itself moved; the tasks' states, as
+        :meth:`get_results` reports them, are the record.
 
         Returns
         -------
@@ -355,11 +391,15 @@ class AWSConnector:
         ids = [session_ids] if isinstance(session_ids, str) else list(session_ids)
         if not ids:
             raise TaskValidationError("cancel_sessions needs at least one session id")
+        checked = [_checked_session_id(s) for s in ids]
         try:
-            checked = [protocol.check_session_id(s) for s in ids]
-        except ValueError as exc:
-            raise TaskValidationError(str(exc)) from None
-        return self.control.cancel(checked)
+            return self.control.cancel(checked)
+        except GridUnreachableError as exc:
+            raise GridUnreachableError(
+                f"{exc}. The cancel request may or may not have reached the grid; cancelling "
+                "again once it is back is harmless",
+                checked[0] if len(checked) == 1 else None,
+            ) from None
 
     def close(self) -> None:
         """Release the connector's connections and threads."""
@@ -373,3 +413,34 @@ class AWSConnector:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _checked_session_id(session_id: object) -> str:
+    # Session ids become data-plane keys: nothing unchecked may reach I/O.
+    try:
+        return protocol.check_session_id(session_id)
+    except ValueError as exc:
+        raise TaskValidationError(str(exc)) from None
+
+
+def _checked_task_ids(session_id: str, ids: object) -> list[str]:
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
+        raise TaskValidationError(f"task_ids must be a list of task ids, not {ids!r:.80}")
+    checked = []
+    for task_id in ids:
+        try:
+            belongs = protocol.session_of(task_id) == session_id
+        except ValueError as exc:
+            raise TaskValidationError(str(exc)) from None
+        if not belongs:
+            raise TaskValidationError(f"task {task_id!r} is not a task of session {session_id}")
+        checked.append(task_id)
+    return checked
+
+
+def _payload_task_ids(session_id: str, envelope: object) -> list[str]:
+    tasks_list = envelope.get("tasks_list") if isinstance(envelope, Mapping) else None
+    ids = tasks_list.get("tasks") if isinstance(tasks_list, Mapping) else None
+    if not isinstance(ids, list):
+        raise HTCGridError(f"the payload of session {session_id} lists no tasks")
+    return _checked_task_ids(session_id, ids)

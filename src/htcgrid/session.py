@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from . import protocol
-from .errors import HTCGridError
+from .errors import HTCGridError, SubmissionUncertainError
 from .results import TaskRecord, decode_output, to_dataframe
 
 if TYPE_CHECKING:
@@ -78,6 +78,9 @@ class Session(concurrent.futures.Future):
         self._fetched: set[str] = set()
         self.submitted_at = time.time()
         self.ended_at: float | None = None
+        # Set while /submit's outcome is open: the error, and when to stop watching.
+        self._unconfirmed: SubmissionUncertainError | None = None
+        self._watch_until = 0.0
 
     # --- what the poller feeds in ----------------------------------------------------------
 
@@ -136,6 +139,26 @@ class Session(concurrent.futures.Future):
                 self._records[self._index[task_id]].output = text if text is not None else ""
             for task_id, text in errors.items():
                 self._records[self._index[task_id]].error = text or "failed (no error text)"
+
+    def _watch_unconfirmed(self, error: SubmissionUncertainError, seconds: float) -> None:
+        """Follow a session whose /submit failed uncertainly, for ``seconds`` at most."""
+        with self._lock:
+            self._unconfirmed = error
+            self._watch_until = time.monotonic() + seconds
+
+    def _held_in(self, answer: Mapping[str, Any]) -> bool:
+        """True if a /result answer shows that the grid holds this session."""
+        counts = answer.get(protocol.COUNTS_FIELD)
+        if isinstance(counts, Mapping) and any(
+            isinstance(n, int) and n > 0 for n in counts.values()
+        ):
+            return True
+        ended = protocol.terminal_ids(answer).values()
+        return any(task_id in self._index for ids in ended for task_id in ids)
+
+    def _not_terminal(self) -> list[str]:
+        with self._lock:
+            return [r.task_id for r in self._records if not r.terminal]
 
     def _all_terminal(self) -> bool:
         with self._lock:
@@ -202,19 +225,7 @@ class Session(concurrent.futures.Future):
             raise self._timeout_error(timeout) from None
 
     def _timeout_error(self, timeout: float | None) -> SessionTimeoutError:
-        with self._lock:
-            waiting = [r.task_id for r in self._records if not r.terminal]
-        counts = self.status()
-        shown = ", ".join(waiting[:5]) + (
-            f" and {len(waiting) - 5} more" if len(waiting) > 5 else ""
-        )
-        return SessionTimeoutError(
-            f"session {self.session_id}: {len(waiting)} of {counts['total']} tasks not done "
-            f"after {timeout} s ({_counts_text(counts)}); not done: {shown}. The session goes "
-            "on running: wait again, or cancel() it.",
-            waiting,
-            counts,
-        )
+        return timeout_error([self], timeout)
 
     def running(self) -> bool:
         """True while the session is on the grid and not every task has ended."""
@@ -267,7 +278,7 @@ class Session(concurrent.futures.Future):
         return (self.ended_at or time.time()) - self.submitted_at
 
     def __repr__(self) -> str:
-        state = "done" if self.done() else "running"
+        state = "done" if self.done() else "unconfirmed" if self._unconfirmed else "running"
         return (
             f"<Session {self.session_id} {state}: {_counts_text(self.status())}, "
             f"{self._elapsed():.1f} s>"
@@ -277,6 +288,29 @@ class Session(concurrent.futures.Future):
         from .display import session_html
 
         return session_html(self.session_id, self.status(), self.done(), self._elapsed())
+
+
+def timeout_error(sessions: Sequence[Session], timeout: float | None) -> SessionTimeoutError:
+    """The error of a wait on ``sessions`` that ended first: which tasks, and how many."""
+    waiting = [task_id for session in sessions for task_id in session._not_terminal()]
+    counts: dict[str, int] = {}
+    for session in sessions:
+        for state, n in session.status().items():
+            counts[state] = counts.get(state, 0) + n
+    shown = ", ".join(waiting[:5]) + (f" and {len(waiting) - 5} more" if len(waiting) > 5 else "")
+    if len(sessions) == 1:
+        what = f"session {sessions[0].session_id}"
+        advice = "The session goes on running: wait again, or cancel() it."
+    else:
+        live = sum(not session.done() for session in sessions)
+        what = f"{live} of {len(sessions)} sessions not done"
+        advice = "The sessions go on running: wait again, or cancel() them."
+    return SessionTimeoutError(
+        f"{what}: {len(waiting)} of {counts.get('total', 0)} tasks not done after {timeout} s "
+        f"({_counts_text(counts)}); not done: {shown}. {advice}",
+        waiting,
+        counts,
+    )
 
 
 def _counts_text(counts: Mapping[str, int]) -> str:
