@@ -154,8 +154,23 @@ def _simple_client(args: argparse.Namespace) -> int:
                 "submitted",
                 flush=True,
             )
-            results = connector.get_results(submission, timeout_sec=args.timeout)
+            try:
+                results = connector.get_results(submission, timeout_sec=args.timeout)
+            except KeyboardInterrupt:
+                _still_running(args, submission["session_id"])
+                raise
     return _print_results(submission, results)
+
+
+def _still_running(args: argparse.Namespace, session_id: str) -> None:
+    """Tell the user that an interrupted wait left the session running on a grid."""
+    if args.config or os.environ.get(CONFIG_ENV):
+        print(
+            f"session {session_id} is still running on the grid: collect its results later "
+            f"with AWSConnector.get_results('{session_id}'), or cancel it with "
+            f"cancel_sessions(['{session_id}'])",
+            file=sys.stderr,
+        )
 
 
 def _print_results(submission: dict[str, Any], results: dict[str, Any]) -> int:
@@ -232,6 +247,9 @@ def _local(args: argparse.Namespace) -> int:
         kwargs["handler"] = args.handler
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # A shell that starts a background job makes it ignore SIGINT; "kill -INT" and Ctrl-C
+    # must stop the grid all the same.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with LocalGrid(**kwargs) as grid:
         print(f"Embedded HTC-Grid running: API {grid.api_url}, {grid.agents} agents.")
         print(f"Configuration: {grid.config_path}")

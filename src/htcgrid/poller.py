@@ -87,6 +87,7 @@ class Poller:
                 if self._closed or (not live and not self._bars):
                     self._thread = None
                     return
+            started = time.monotonic()
             for index, session in enumerate(live):
                 if self._closed:
                     break
@@ -101,7 +102,10 @@ class Poller:
             self._update_bars()
             with self._lock:
                 self._sessions = {k: s for k, s in self._sessions.items() if not s.done()}
-            self._wake.wait(self.interval_sec)
+            # A round that took long (large sessions, a busy grid) is followed by a longer
+            # pause, so that following sessions never takes more than a third of the grid's API.
+            took = time.monotonic() - started
+            self._wake.wait(max(self.interval_sec, 2 * took))
             self._wake.clear()
 
     def _poll(self, session: Session) -> str | None:
