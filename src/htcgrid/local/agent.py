@@ -84,6 +84,8 @@ class Agent:
         self.dataplane = open_dataplane(config, max_workers=MAX_BATCH)
         self._pool = ThreadPoolExecutor(MAX_BATCH, thread_name_prefix=f"{agent_id}-io")
         self._batch = 1
+        #: Output writes, finishes and message deletes still under way in the pool.
+        self._finishing: list[Future[None]] = []
 
     def __repr__(self) -> str:
         return f"<Agent {self.agent_id} handler={self.settings.handler}>"
@@ -117,6 +119,7 @@ class Agent:
         state table shows what really runs; and if a task runs longer than the batch was
         meant to last, the messages not yet started go back to the queue for other agents.
         """
+        self._reap()
         messages = self.queue.receive(max_messages=self._batch, wait_sec=RECEIVE_WAIT_SEC)
         if not messages:
             return False
@@ -125,9 +128,8 @@ class Agent:
         giveback.daemon = True
         if len(messages) > 1:
             giveback.start()
-        inputs = self._pool.map(self._read_input, [m.task_id for m in messages])
-        pending_inputs = dict(zip([m.task_id for m in messages], inputs))
-        finishing: list[Future[None]] = []
+        # Inputs are read ahead, while the first task is being claimed.
+        inputs = {m.task_id: self._pool.submit(self._read_input, m.task_id) for m in messages}
         started = time.monotonic()
         ran = 0
         try:
@@ -141,23 +143,35 @@ class Agent:
                     continue
                 batch.claimed.append(message.receipt)
                 ran += 1
-                done = self._run(message, row, pending_inputs[message.task_id])
+                done = self._run(message, row, inputs[message.task_id].result())
                 if done is not None:
-                    finishing.append(done)
+                    self._finishing.append(done)
         finally:
             giveback.cancel()
             # A task that was never claimed keeps its message; a claimed task is the state
             # table's (an agent that dies is found by its expired heartbeat, and the checker
-            # queues the task again), so its message can go.
-            self.queue.delete_many(batch.claimed)
+            # queues the task again), so its message can go. Both happen behind the next
+            # receive, like the finishing of the tasks that succeeded.
+            self._finishing.append(self._pool.submit(self.queue.delete_many, batch.claimed))
             self._give_back(batch)
-            for done in finishing:
-                error = done.exception()
-                if error is not None:
-                    raise error
         if ran:
             self._adapt_batch((time.monotonic() - started) / ran)
         return True
+
+    def _reap(self, wait: bool = False) -> None:
+        """Collect the finishes done in the background; raise the first that failed."""
+        if wait:
+            for done in self._finishing:
+                done.exception()
+        pending, error = [], None
+        for done in self._finishing:
+            if not done.done():
+                pending.append(done)
+            elif error is None and done.exception() is not None:
+                error = done.exception()
+        self._finishing = pending
+        if error is not None:
+            raise error
 
     def _give_back(self, batch: _Batch) -> None:
         """Make the messages of a batch that were not started visible to other agents."""
@@ -310,6 +324,10 @@ class Agent:
     def close(self) -> None:
         """End the worker process and release the agent's resources."""
         self.worker.close()
+        try:
+            self._reap(wait=True)
+        except Exception:
+            logger.exception("agent %s: a task could not be marked finished", self.agent_id)
         self._pool.shutdown(wait=True)
         self.dataplane.close()
 

@@ -31,14 +31,28 @@ from .taskqueue import TaskQueue
 
 logger = logging.getLogger(__name__)
 
-#: The dispatcher tops the queue up to HIGH_WATER messages when it falls under LOW_WATER.
-LOW_WATER = 40
-HIGH_WATER = 100
+#: The dispatcher tops the queue up to HIGH_WATER messages when it falls under LOW_WATER:
+#: enough for a few agents taking batches of ten, few enough that reading the queued tasks'
+#: rows for /result stays cheap.
+LOW_WATER = 20
+HIGH_WATER = 50
 #: How often the dispatcher looks at the queue's depth while it has tasks to queue.
 FEED_PERIOD_SEC = 0.05
-#: /result re-reads a session's running tasks at most this often; answers in between are
-#: built from what was read last.
+#: /result re-reads a session's running tasks at most this often, and at most a fifth of the
+#: time (a read of many rows costs moto a while); answers in between are built from what was
+#: read last.
 REFRESH_PERIOD_SEC = 0.1
+REFRESH_LOAD_FACTOR = 5
+#: The attributes /result needs from a row.
+DETAIL_ATTRIBUTES = (
+    protocol.TASK_ID,
+    protocol.TASK_STATUS,
+    protocol.TASK_OWNER,
+    protocol.RETRIES,
+    protocol.SUBMISSION_TIMESTAMP,
+    protocol.START_TIMESTAMP,
+    protocol.TASK_COMPLETION_TIMESTAMP,
+)
 
 _sequence = itertools.count()
 
@@ -78,6 +92,8 @@ class TrackedSession:
     #: Details of queued tasks that had not ended when last read.
     running: dict[str, dict[str, Any]] = field(default_factory=dict)
     refreshed_at: float = 0.0
+    #: How long the last refresh took, which paces the next.
+    refresh_cost: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def rows(self, ids: list[str]) -> list[dict[str, Any]]:
@@ -169,12 +185,14 @@ class Dispatcher:
         """Read the session's queued tasks that had not ended (by key, not by index)."""
         now = time.monotonic()
         with session.lock:
-            if now - session.refreshed_at < REFRESH_PERIOD_SEC:
+            wait = max(REFRESH_PERIOD_SEC, REFRESH_LOAD_FACTOR * session.refresh_cost)
+            if now - session.refreshed_at < wait:
                 return
             ids = [t for t in session.task_ids[: session.queued] if t not in session.ended]
             session.refreshed_at = now
-        rows = self.table.get_many(ids)
+        rows = self.table.get_many(ids, DETAIL_ATTRIBUTES)
         with session.lock:
+            session.refresh_cost = time.monotonic() - now
             for task_id, row in rows.items():
                 state = protocol.state_of(row[protocol.TASK_STATUS])
                 details = task_details(row, state)

@@ -48,8 +48,10 @@ class GridSettings:
     heartbeat_expiry_sec: int = 30
     #: How often a running task's heartbeat is extended.
     heartbeat_interval_sec: float = 5.0
-    #: How long an idle agent waits on an empty queue before asking again.
-    empty_queue_backoff_sec: float = 1.0
+    #: How long an idle agent waits on an empty queue before asking again. Its receive
+    #: already waits up to a second for a message (long polling), so a longer pause here only
+    #: delays the start of the next session.
+    empty_queue_backoff_sec: float = 0.05
     #: How often the checker looks for expired heartbeats.
     checker_period_sec: float = 5.0
     #: ID tokens older than this are refused by the gateway (Cognito's default: one hour).
