@@ -28,7 +28,7 @@ from htcgrid.local.checker import CheckCounts, HeartbeatChecker
 from htcgrid.local.provision import new_tag, provision
 from htcgrid.local.settings import GridSettings
 from htcgrid.local.statetable import StateTable, pending_row
-from htcgrid.local.taskqueue import TaskQueue
+from htcgrid.local.taskqueue import TaskMessage, TaskQueue
 
 pytestmark = [
     pytest.mark.integration,
@@ -405,10 +405,11 @@ def test_the_checker_retries_an_expired_task_then_fails_it(make_grid):
         f"heartbeat lost: agent agent-9 stopped answering; its heartbeat expired at {now - 10} "
         f"and was still expired at {now} (epoch seconds)"
     )
-    # The same message is visible again: no second one was sent.
-    [again] = grid.queue.receive()
+    # A fresh message, sent before the task went back to pending: the old one is still held.
+    again = _receive_one(grid)
     assert again.task_id == task_id
-    assert grid.messages() == (0, 1)
+    assert again.receipt != message.receipt
+    assert grid.messages() == (0, 2)
 
     _claim_expired(grid, task_id, again.receipt)
     assert checker.run_once() == CheckCounts(expired=1, retried=0, failed=1)
@@ -417,7 +418,7 @@ def test_the_checker_retries_an_expired_task_then_fails_it(make_grid):
     checker.close()
 
 
-def test_the_checker_queues_a_fresh_message_when_the_old_handle_is_stale(make_grid):
+def test_the_checker_queues_a_fresh_message_when_the_old_one_was_deleted(make_grid):
     grid = make_grid()
     [task_id] = grid.submit([{"worker_arguments": ["1"]}], max_retries=1)
     [message] = grid.queue.receive()
@@ -427,11 +428,20 @@ def test_the_checker_queues_a_fresh_message_when_the_old_handle_is_stale(make_gr
 
     assert checker.run_once() == CheckCounts(expired=1, retried=1, failed=0)
 
-    [fresh] = grid.queue.receive()
+    fresh = _receive_one(grid)
     assert fresh.task_id == task_id
-    assert fresh.body[protocol.RETRIES] == 1
-    assert fresh.body[protocol.TASK_STATUS] == grid.row(task_id)[protocol.TASK_STATUS]
+    assert grid.state(task_id) == protocol.PENDING
     checker.close()
+
+
+def _receive_one(grid: Grid, within_sec: float = 5.0) -> TaskMessage:
+    """The next message; a retry's message is hidden for a moment after it is sent."""
+    deadline = time.monotonic() + within_sec
+    while time.monotonic() < deadline:
+        messages = grid.queue.receive(1, 1)
+        if messages:
+            return messages[0]
+    raise AssertionError(f"no message within {within_sec} s")
 
 
 def test_the_checker_leaves_live_heartbeats_alone(make_grid):

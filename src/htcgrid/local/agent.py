@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a receive waits for a message (SQS long polling).
 RECEIVE_WAIT_SEC = 1
+#: Seconds a retry's message stays hidden, so that the task is pending when it is received.
+REQUEUE_DELAY_SEC = 1
 #: Most messages an agent takes at once (SQS's own bound), for tasks that take no time.
 MAX_BATCH = 10
 #: An agent takes as many tasks at once as it expects to run in about this many seconds.
@@ -163,15 +165,17 @@ class Agent:
         if wait:
             for done in self._finishing:
                 done.exception()
-        pending, error = [], None
+        pending, errors = [], []
         for done in self._finishing:
             if not done.done():
                 pending.append(done)
-            elif error is None and done.exception() is not None:
-                error = done.exception()
+            elif done.exception() is not None:
+                errors.append(done.exception())
         self._finishing = pending
-        if error is not None:
-            raise error
+        for error in errors[1:]:
+            logger.error("agent %s: background write failed: %s", self.agent_id, error)
+        if errors:
+            raise errors[0]
 
     def _give_back(self, batch: _Batch) -> None:
         """Make the messages of a batch that were not started visible to other agents."""
@@ -218,7 +222,7 @@ class Agent:
         elif outcome.ok:
             return self._pool.submit(self._finish, message, outcome, started_ms)
         else:
-            self._fail(message, outcome)
+            self._fail(message, row, outcome)
         return None
 
     def _adapt_batch(self, seconds_per_task: float) -> None:
@@ -287,33 +291,33 @@ class Agent:
                 message.task_id,
             )
 
-    def _fail(self, message: TaskMessage, outcome: Outcome) -> None:
+    def _fail(self, message: TaskMessage, row: dict[str, Any], outcome: Outcome) -> None:
         self.dataplane.write_error(message.task_id, outcome.error)
-        state = self.table.end_attempt(message.task_id, message.session_id, owner=self.agent_id)
         summary = outcome.error.split("\n", 1)[0]
-        if state == PENDING:
-            self._requeue(message.task_id)
-            logger.warning(
-                "agent %s: task %s failed (%s); it will be retried",
+        # The retry's message goes out before the task goes back to pending, so that a pending
+        # task always has one (delayed a moment, so that the transition comes first). If it
+        # cannot be sent, the task is left to the checker, which retries it after its
+        # heartbeat expires.
+        retry = int(row.get(protocol.RETRIES, 0)) < int(row.get(protocol.MAX_RETRIES, 0))
+        if retry and self.queue.send([row], stats={}, delay_sec=REQUEUE_DELAY_SEC):
+            logger.error(
+                "agent %s: task %s failed (%s) and its retry could not be queued; the "
+                "checker will retry it",
                 self.agent_id,
                 message.task_id,
                 summary,
             )
-        elif state is not None:
-            logger.warning(
-                "agent %s: task %s failed (%s); no retries left",
-                self.agent_id,
-                message.task_id,
-                summary,
-            )
-
-    def _requeue(self, task_id: str) -> None:
-        """Queue a task that went back to pending (its first message was deleted at claim)."""
-        row = self.table.get(task_id)
-        if row is None or protocol.state_of(row[TASK_STATUS]) != PENDING:
             return
-        if self.queue.send([row], stats={}):
-            logger.error("task %s is pending but could not be queued again", task_id)
+        state = self.table.end_attempt(message.task_id, message.session_id, owner=self.agent_id)
+        if state is None:
+            return
+        logger.warning(
+            "agent %s: task %s failed (%s); %s",
+            self.agent_id,
+            message.task_id,
+            summary,
+            "it will be retried" if state == PENDING else "no retries left",
+        )
 
     def _drop_if_settled(self, message: TaskMessage) -> None:
         """Delete a message whose task has ended or is gone; leave it if the task may run."""

@@ -25,7 +25,7 @@ from .. import protocol
 from ..config import GridConfig, load_config
 from ..dataplane import open_dataplane
 from ..errors import HTCGridError
-from ..protocol import PENDING, SQS_HANDLER_ID
+from ..protocol import PENDING
 from . import services
 from .agent import TRANSIENT_ERRORS, serve_in_background
 from .settings import GridSettings
@@ -34,6 +34,8 @@ from .taskqueue import TaskQueue
 
 logger = logging.getLogger(__name__)
 
+#: Seconds a retry's message stays hidden, so that the task is pending when it is received.
+REQUEUE_DELAY_SEC = 1
 #: A round of the checker is followed by a pause of at least this many times its length.
 LOAD_FACTOR = 4
 
@@ -101,11 +103,17 @@ class HeartbeatChecker:
             f"heartbeat lost: agent {owner} stopped answering; its heartbeat expired at "
             f"{heartbeat} and was still expired at {now} (epoch seconds)",
         )
+        # The task's next message goes out before the task goes back to pending, so that a
+        # pending task always has one; it is delayed a moment so that the transition comes
+        # first. Should the send fail, the task stays as it is and the next round tries again.
+        # (A message the task turns out not to need is dropped by the agent that takes it.)
+        retry = int(row.get(protocol.RETRIES, 0)) < int(row.get(protocol.MAX_RETRIES, 0))
+        if retry and self.queue.send([row], stats={}, delay_sec=REQUEUE_DELAY_SEC):
+            logger.warning("task %s: could not queue its retry; trying next round", task_id)
+            return None
         state = self.table.end_attempt(task_id, session_id, expired_before_s=now)
         if state is None:
             return None
-        if state == PENDING:
-            self._requeue(task_id, row.get(SQS_HANDLER_ID, ""))
         logger.warning(
             "task %s: heartbeat of agent %s lost; %s",
             task_id,
@@ -113,16 +121,6 @@ class HeartbeatChecker:
             "back to pending" if state == PENDING else "failed, no retries left",
         )
         return state
-
-    def _requeue(self, task_id: str, receipt: str) -> None:
-        """Make a task that went back to pending runnable: its message visible, or a new one."""
-        if receipt and self.queue.set_visibility(receipt, 0):
-            return
-        row = self.table.get(task_id)
-        if row is None or protocol.state_of(row[protocol.TASK_STATUS]) != PENDING:
-            return
-        if self.queue.send([row], stats={}):
-            logger.error("task %s is pending but could not be queued again", task_id)
 
     def run(self, stop: threading.Event) -> None:
         """Check every ``checker_period_sec`` until ``stop`` is set; errors are logged."""

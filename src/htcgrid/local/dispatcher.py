@@ -85,8 +85,10 @@ class TrackedSession:
     row_fields: dict[str, Any]
     stats: dict[str, Any]
     order: int = field(default_factory=lambda: next(_sequence))
-    #: Tasks before this position have been queued (or cancelled before they were).
+    #: Tasks before this position have been handed to the queue (or cancelled before).
     queued: int = 0
+    #: Tasks handed to the queue that it refused; they are sent again first.
+    unsent: list[str] = field(default_factory=list)
     #: Details of the tasks that ended; they never change again.
     ended: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Details of queued tasks that had not ended when last read.
@@ -109,6 +111,9 @@ class Dispatcher:
         self._sessions: dict[str, TrackedSession] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        # /submit and the dispatcher's thread both feed; one at a time, or both would read
+        # the same depth and fill the queue twice over.
+        self._feeding = threading.Lock()
 
     def add(self, session: TrackedSession) -> None:
         """Take a session whose rows are written; its tasks will be queued."""
@@ -124,47 +129,48 @@ class Dispatcher:
 
     def _waiting(self) -> list[TrackedSession]:
         with self._lock:
-            sessions = [s for s in self._sessions.values() if s.queued < len(s.task_ids)]
+            sessions = [
+                s for s in self._sessions.values() if s.unsent or s.queued < len(s.task_ids)
+            ]
         return sorted(sessions, key=lambda s: (-s.priority, s.order))
 
     def feed_once(self) -> int:
-        """Top the queue up if it is low; return the number of messages sent."""
-        waiting = self._waiting()
-        if not waiting:
-            return 0
-        depth = self.queue.approximate_depth()
-        if depth >= LOW_WATER:
-            return 0
-        room = HIGH_WATER - depth
-        sent = 0
-        for session in waiting:
-            with session.lock:
-                take = session.task_ids[session.queued : session.queued + room - sent]
-                session.queued += len(take)
-            if not take:
-                continue
-            failed = self.queue.send(session.rows(take), session.stats)
-            if failed:
-                # The rows stay pending; put the tasks back to be queued on the next round.
-                logger.warning(
-                    "could not queue %d tasks of session %s; trying again",
-                    len(failed),
-                    session.session_id,
-                )
-                self._requeue_later(session, failed)
-            sent += len(take) - len(failed)
-            if sent >= room:
-                break
-        return sent
+        """Top the queue up if it is low; return the number of messages sent.
 
-    def _requeue_later(self, session: TrackedSession, failed: list[str]) -> None:
-        # Failed sends are rare (moto or SQS throttling): send them alone, now, until they go.
-        for attempt in range(5):
-            time.sleep(0.1 * 2**attempt)
-            failed = self.queue.send(session.rows(failed), session.stats)
-            if not failed:
-                return
-        logger.error("session %s: %d tasks could not be queued", session.session_id, len(failed))
+        A task the queue refused is sent again first on the next round.
+        """
+        with self._feeding:
+            waiting = self._waiting()
+            if not waiting:
+                return 0
+            depth = self.queue.approximate_depth()
+            if depth >= LOW_WATER:
+                return 0
+            room = HIGH_WATER - depth
+            sent = 0
+            for session in waiting:
+                with session.lock:
+                    take = session.unsent[: room - sent]
+                    del session.unsent[: len(take)]
+                    start = session.queued
+                    fresh = session.task_ids[start : start + room - sent - len(take)]
+                    session.queued += len(fresh)
+                    take += fresh
+                if not take:
+                    continue
+                failed = self.queue.send(session.rows(take), session.stats)
+                if failed:
+                    logger.warning(
+                        "could not queue %d tasks of session %s; trying again",
+                        len(failed),
+                        session.session_id,
+                    )
+                    with session.lock:
+                        session.unsent.extend(failed)
+                sent += len(take) - len(failed)
+                if sent >= room or failed:
+                    break
+            return sent
 
     def run(self, stop: threading.Event) -> None:
         """Feed the queue until ``stop`` is set."""
@@ -219,12 +225,19 @@ class Dispatcher:
             by_state, {protocol.COUNTS_FIELD: counts, protocol.TASKS_FIELD: details}
         )
 
-    def take_unqueued(self, session: TrackedSession) -> list[str]:
-        """Stop queueing a session; return its tasks that were never queued."""
+    def take_unqueued(self, session: TrackedSession) -> tuple[list[str], list[str]]:
+        """Stop queueing a session; return its tasks never handed to the queue, and those
+        the queue refused (a refused batch may have gone through in part after all)."""
         with session.lock:
             left = session.task_ids[session.queued :]
+            refused, session.unsent = session.unsent, []
             session.queued = len(session.task_ids)
-        return left
+        return left, refused
+
+    def give_back_unqueued(self, session: TrackedSession, ids: list[str]) -> None:
+        """Queue again tasks taken by :meth:`take_unqueued` that could not be cancelled."""
+        with session.lock:
+            session.unsent.extend(ids)
 
     def mark_cancelled(self, session: TrackedSession, ids: list[str], ended_ms: int) -> None:
         with session.lock:

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from .. import aws, protocol
 from ..config import GridConfig
@@ -37,10 +37,18 @@ class TaskQueue:
         self._sqs = aws.client(config, "sqs", max_pool_connections=max_pool_connections)
         self.url = self._sqs.get_queue_url(QueueName=name)["QueueUrl"]
 
-    def send(self, rows: Sequence[Mapping[str, Any]], stats: Mapping[str, Any]) -> list[str]:
+    def send(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        stats: Mapping[str, Any],
+        *,
+        delay_sec: int = 0,
+    ) -> list[str]:
         """Queue one message per row (the row plus ``stats``, as JSON), in batches of 10.
 
-        Returns the task ids that could not be queued (empty when all were).
+        Returns the task ids that could not be queued (empty when all were); a batch whose
+        request failed counts as not queued, so the caller can send it again (a task queued
+        twice is harmless: only one claim of it can succeed).
         """
         failed: list[str] = []
         for batch in protocol.chunks(list(rows), 10):
@@ -48,10 +56,16 @@ class TaskQueue:
                 {
                     "Id": row[protocol.TASK_ID],
                     "MessageBody": protocol.json_dumps({**row, "stats": stats}),
+                    "DelaySeconds": delay_sec,
                 }
                 for row in batch
             ]
-            answer = self._sqs.send_message_batch(QueueUrl=self.url, Entries=entries)
+            try:
+                answer = self._sqs.send_message_batch(QueueUrl=self.url, Entries=entries)
+            except (BotoCoreError, ClientError) as exc:
+                logger.warning("could not queue %d tasks: %s", len(entries), exc)
+                failed.extend(entry["Id"] for entry in entries)
+                continue
             failed.extend(entry["Id"] for entry in answer.get("Failed") or [])
         return failed
 
