@@ -73,3 +73,37 @@ def record_execution(event: Any, context: Any) -> Any:
         record.write(f"{context.task_id}\n")
     time.sleep(float(event.get("sleep", 0)))
     return event.get("return")
+
+
+def record_attempt(event: Any, context: Any) -> Any:
+    """Log the attempt's start and end in the file ``event["record_to"]``; act in between.
+
+    An attempt that starts appends ``start <task id> <worker pid> <agent id>``; one whose
+    handler returns appends ``end <task id>``, so a test can tell attempts that ran to their
+    end from those that were stopped. In between it does what the task says, in order:
+    ``{"sleep": 2}`` sleeps two seconds (``{"quick_first": 2}`` skips the sleep in the first
+    two attempts the file logs, whichever tasks they are), ``{"exit": 3}`` ends the worker
+    with exit code 3, ``{"raise": "boom"}`` raises ``RuntimeError("boom on attempt N")``;
+    then it returns ``event.get("return")``.
+    """
+    record = event["record_to"]
+    # One short append per line: O_APPEND keeps lines of concurrent workers whole, and the
+    # offset after the write says how many lines were there before this one.
+    with open(record, "ab") as log:
+        log.write(f"start {context.task_id} {os.getpid()} {context.agent_id}\n".encode())
+        log.flush()
+        written = log.tell()
+    with open(record, "rb") as log:
+        before = log.read(written).splitlines()
+    position = sum(line.startswith(b"start ") for line in before)
+    if position > int(event.get("quick_first", 0)):
+        time.sleep(float(event.get("sleep", 0)))
+    if "exit" in event:
+        os._exit(int(event["exit"]))
+    if "raise" in event:
+        mine = f"start {context.task_id} ".encode()
+        attempt = sum(line.startswith(mine) for line in before)
+        raise RuntimeError(f"{event['raise']} on attempt {attempt}")
+    with open(record, "a", encoding="utf-8") as log:
+        log.write(f"end {context.task_id}\n")
+    return event.get("return")

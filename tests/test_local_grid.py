@@ -28,6 +28,7 @@ from htcgrid.config import load_config
 from htcgrid.dataplane import open_dataplane
 from htcgrid.errors import LocalGridError
 from htcgrid.local import LocalGrid
+from htcgrid.local import dispatcher as dispatcher_module
 from htcgrid.local import grid as grid_module
 from htcgrid.local.gateway import Gateway
 from htcgrid.local.handlers import (
@@ -672,10 +673,16 @@ class _FlakyQueue:
         return getattr(self.queue, name)
 
 
-def test_tasks_the_queue_refused_are_queued_again(handlers, table, dataplane):
+def test_tasks_the_queue_refused_are_queued_again(handlers, table, dataplane, monkeypatch):
+    # Other tests leave messages in this grid's queue: feed whatever its depth.
+    monkeypatch.setattr(dispatcher_module, "LOW_WATER", 10_000)
+    monkeypatch.setattr(dispatcher_module, "HIGH_WATER", 10_010)
     session_id, ids = write_session(dataplane, 3)
     flaky = _FlakyQueue(handlers.queue)
-    GridHandlers(table, flaky, dataplane).submit(session_id)
+    refused_once = GridHandlers(table, flaky, dataplane)
+    refused_once.submit(session_id)
+    assert refused_once.dispatcher.get(session_id).unsent == [ids[-1]]
+    refused_once.dispatcher.feed_once()
 
     received: set[str] = set()
     for _ in range(20):

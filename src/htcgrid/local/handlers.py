@@ -328,9 +328,13 @@ class GridHandlers:
             never_queued: list[str] = []
             if tracked is not None:
                 never_queued = self._cancel_unqueued(tracked)
+                # Every task not known to have ended, not only those the last read found
+                # running: that read may be older than the last tasks queued, which would
+                # escape the cancel and run. A task that ended since is skipped by the
+                # conditional write; the refresh only keeps such writes few.
                 self.dispatcher.refresh(tracked)
                 with tracked.lock:
-                    ids = list(tracked.running)
+                    ids = [t for t in tracked.task_ids if t not in tracked.ended]
             else:
                 ids = [
                     row[protocol.TASK_ID]
@@ -348,8 +352,12 @@ class GridHandlers:
         return answer
 
     def _cancel_unqueued(self, tracked: TrackedSession) -> list[str]:
-        """Cancel the tasks the dispatcher never queued: no agent can hold them."""
-        ids = self.dispatcher.take_unqueued(tracked)
+        """Cancel the tasks the dispatcher never queued: no agent can hold them.
+
+        Tasks the queue refused may have been queued in part after all: they are left to the
+        conditional cancel of the running ones.
+        """
+        ids, refused = self.dispatcher.take_unqueued(tracked)
         if ids:
             ended_ms = protocol.now_ms()
             rows = tracked.rows(ids)
@@ -358,7 +366,12 @@ class GridHandlers:
                     protocol.CANCELLED, tracked.session_id
                 )
                 row[protocol.TASK_COMPLETION_TIMESTAMP] = ended_ms
-            self.table.put_rows(rows)
+            try:
+                self.table.put_rows(rows)
+            except Exception:
+                # Not cancelled after all: they must still be queued and run.
+                self.dispatcher.give_back_unqueued(tracked, ids + refused)
+                raise
             self.dispatcher.mark_cancelled(tracked, ids, ended_ms)
         return ids
 
