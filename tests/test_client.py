@@ -226,3 +226,44 @@ def test_session_repr_and_html_show_counts(client):
 
     assert repr(session).startswith(f"<Session {session.session_id} done: 1 finished")
     assert "1 finished" in session._repr_html_()
+
+
+def test_cancelling_a_session_not_sent_yet_ends_it_here(client, monkeypatch):
+    release = threading.Event()
+    sent: list[str] = []
+    original = client.connector.submit_session
+
+    def held_submit(session_id, *args, **kwargs):
+        sent.append(session_id)
+        release.wait(30)
+        return original(session_id, *args, **kwargs)
+
+    monkeypatch.setattr(client.connector, "submit_session", held_submit)
+    first, second = client.submit([sleep_task(1)]), client.submit([sleep_task(1)])
+    waiting = client.submit([sleep_task(1), sleep_task(1)])
+
+    assert waiting.cancel() is True
+    frame = waiting.result(timeout=5)
+    release.set()
+
+    assert list(frame["status"]) == ["cancelled", "cancelled"]
+    assert waiting.session_id not in sent
+    assert first.result(timeout=60)["output"].tolist() == [1]
+    assert second.result(timeout=60)["output"].tolist() == [1]
+
+
+def test_closing_the_client_ends_every_wait_with_the_way_back(grid):
+    client = htcgrid.connect(grid.config_path, username=grid.username, password=grid.password)
+    session = client.submit([sleep_task(20000)])
+    session.wait(1)
+
+    client.close()
+
+    error = session.exception(timeout=5)
+    assert isinstance(error, htcgrid.HTCGridError)
+    assert f".session('{session.session_id}')" in str(error)
+    other = htcgrid.connect(grid.config_path, username=grid.username, password=grid.password)
+    try:
+        assert other.session(session.session_id).cancel() is True
+    finally:
+        other.close()

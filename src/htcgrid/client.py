@@ -261,7 +261,10 @@ class GridClient:
             logger.warning("session %s could not be submitted: %s", session.session_id, exc)
             session._fail(exc)
             return
-        self._poller.add(session)
+        try:
+            self._poller.add(session)
+        except HTCGridError as exc:  # the client was closed meanwhile
+            session._fail(exc)
 
     def _show_progress(
         self, sessions: Sequence[Session], *, force: bool = False, off: bool = False
@@ -370,6 +373,10 @@ class GridClient:
     def _cancel(self, session: Session) -> None:
         with self._lock:
             submission = self._submissions.get(session.session_id)
+        if submission is not None and submission.cancel():
+            # Never sent: nothing of it is on the grid, so every task ends here.
+            session._cancel_locally()
+            return
         if submission is not None:
             submission.result()  # a session is cancelled on the grid once it is there
         if session.done():
@@ -392,8 +399,31 @@ class GridClient:
         if self._closed:
             return
         self._closed = True
+        # Sessions not sent yet are not sent at all; those live are no longer followed. Their
+        # futures fail with the way back, so that no wait on them lasts for ever.
+        self._submitter.shutdown(wait=True, cancel_futures=True)
         self._poller.close()
-        self._submitter.shutdown(wait=True)
+        with self._lock:
+            sessions = list(self._sessions.values())
+            submissions = dict(self._submissions)
+        for session in sessions:
+            if session.done():
+                continue
+            submission = submissions.get(session.session_id)
+            if submission is not None and submission.cancelled():
+                session._fail(
+                    HTCGridError(
+                        f"session {session.session_id} was never sent: the client was closed first"
+                    )
+                )
+            else:
+                session._fail(
+                    HTCGridError(
+                        f"the client was closed while session {session.session_id} ran; it "
+                        "goes on on the grid: follow it with "
+                        f"connect(...).session('{session.session_id}')"
+                    )
+                )
         self.connector.close()
         if self.grid is not None:
             self.grid.stop()

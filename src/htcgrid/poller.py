@@ -154,7 +154,11 @@ class Poller:
             session._fail(exc)
             return None
         if session._all_terminal():
-            session._finish()
+            try:
+                session._finish()
+            except Exception as exc:  # noqa: BLE001 - e.g. a reattached session's inputs
+                logger.exception("building the results of session %s failed", session.session_id)
+                session._fail(exc)
         return None
 
     @staticmethod

@@ -171,6 +171,13 @@ class Session(concurrent.futures.Future):
         if not self.done():
             self.set_result(frame)
 
+    def _cancel_locally(self) -> None:
+        """End a session that was never sent: every task is cancelled, nothing ran."""
+        with self._lock:
+            for record in self._records:
+                record.status = protocol.CANCELLED
+        self._finish()
+
     def _fail(self, exc: BaseException) -> None:
         self.ended_at = time.time()
         if not self.done():
