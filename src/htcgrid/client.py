@@ -23,7 +23,7 @@ from . import protocol
 from .auth import redact_botocore_logs
 from .config import CONFIG_ENV, ConfigSource
 from .connector import AWSConnector
-from .display import client_html
+from .display import client_html, client_summary
 from .errors import (
     GridUnreachableError,
     HTCGridError,
@@ -33,6 +33,7 @@ from .errors import (
 )
 from .poller import Poller
 from .progress import make_bar
+from .results import sessions_table
 from .session import Session, timeout_error
 from .tasks import check_options, validate_tasks
 
@@ -319,20 +320,7 @@ class GridClient:
         """A DataFrame of the sessions this client knows, with counts by state."""
         with self._lock:
             sessions = list(self._sessions.values())
-        rows = []
-        for s in sessions:
-            counts = s.status()
-            rows.append(
-                {
-                    "session_id": s.session_id,
-                    "tasks": counts["total"],
-                    **{state: counts[state] for state in protocol.STATES},
-                    "done": s.done(),
-                    "submitted_at": pd.Timestamp(s.submitted_at, unit="s", tz="UTC"),
-                }
-            )
-        columns = ["session_id", "tasks", *protocol.STATES, "done", "submitted_at"]
-        return pd.DataFrame(rows, columns=columns)
+        return sessions_table(sessions)
 
     def gather(self, sessions: Sequence[Session], timeout: float | None = None) -> pd.DataFrame:
         """Wait for sessions and return one DataFrame, with a ``session_id`` column.
@@ -437,19 +425,8 @@ class GridClient:
     def _summary(self) -> dict[str, str]:
         with self._lock:
             sessions = list(self._sessions.values())
-        live = sum(not s.done() for s in sessions)
-        rows = {
-            "grid": "embedded (this machine)"
-            if self.grid is not None
-            else ("embedded" if self.config.is_local else "HTC-Grid on AWS"),
-            "API": self.config.api_url,
-            "sessions": f"{live} live, {len(sessions) - live} done",
-        }
-        if self.grid is not None:
-            rows["agents"] = str(self.grid.agents)
-        if self._closed:
-            rows["state"] = "closed"
-        return rows
+        agents = self.grid.agents if self.grid is not None else None
+        return client_summary(self.config, self.grid is not None, sessions, agents, self._closed)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self._summary().items())

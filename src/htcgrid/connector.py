@@ -426,16 +426,10 @@ def _checked_session_id(session_id: object) -> str:
 def _checked_task_ids(session_id: str, ids: object) -> list[str]:
     if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
         raise TaskValidationError(f"task_ids must be a list of task ids, not {ids!r:.80}")
-    checked = []
-    for task_id in ids:
-        try:
-            belongs = protocol.session_of(task_id) == session_id
-        except ValueError as exc:
-            raise TaskValidationError(str(exc)) from None
-        if not belongs:
-            raise TaskValidationError(f"task {task_id!r} is not a task of session {session_id}")
-        checked.append(task_id)
-    return checked
+    try:
+        return protocol.check_session_tasks(session_id, ids)
+    except ValueError as exc:
+        raise TaskValidationError(str(exc)) from None
 
 
 def _payload_task_ids(session_id: str, envelope: object) -> list[str]:

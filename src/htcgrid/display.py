@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from . import protocol
 
@@ -64,3 +65,24 @@ def client_html(title: str, rows: Mapping[str, str]) -> str:
         for k, v in rows.items()
     )
     return f'<div style="{_TEXT}"><b>{html.escape(title)}</b><table>{body}</table></div>'
+
+
+def client_summary(
+    config: Any, owns_grid: bool, sessions: Sequence[Any], agents: int | None, closed: bool
+) -> dict[str, str]:
+    """What a client shows of itself: which grid, its API, its sessions."""
+    live = sum(not s.done() for s in sessions)
+    if owns_grid:
+        grid = "embedded (this machine)"
+    else:
+        grid = "embedded" if config.is_local else "HTC-Grid on AWS"
+    rows = {
+        "grid": grid,
+        "API": config.api_url,
+        "sessions": f"{live} live, {len(sessions) - live} done",
+    }
+    if agents is not None:
+        rows["agents"] = str(agents)
+    if closed:
+        rows["state"] = "closed"
+    return rows

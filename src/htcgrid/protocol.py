@@ -129,6 +129,16 @@ def task_ids(session_id: str, count: int) -> list[str]:
     return ids
 
 
+def check_session_tasks(session_id: str, ids: Iterable[object]) -> list[str]:
+    """Return ``ids`` if every one is a valid task id of ``session_id``, else raise."""
+    checked = []
+    for task_id in ids:
+        if session_of(check_task_id(task_id)) != session_id:
+            raise ValueError(f"task {task_id!r} is not a task of session {session_id}")
+        checked.append(task_id)
+    return checked
+
+
 def session_of(task_id: str) -> str:
     """Return the session id that a task id belongs to."""
     return check_task_id(task_id).rsplit("_", 1)[0]

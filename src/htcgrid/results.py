@@ -110,3 +110,21 @@ def to_dataframe(
         frame = pd.concat([frame, flat], axis=1)
     frame.index.name = "task"
     return frame
+
+
+def sessions_table(sessions: Sequence[Any]) -> pd.DataFrame:
+    """One row per session: its id, task count, counts by state, whether it ended, when sent."""
+    rows = []
+    for session in sessions:
+        counts = session.status()
+        rows.append(
+            {
+                "session_id": session.session_id,
+                "tasks": counts["total"],
+                **{state: counts[state] for state in protocol.STATES},
+                "done": session.done(),
+                "submitted_at": pd.Timestamp(session.submitted_at, unit="s", tz="UTC"),
+            }
+        )
+    columns = ["session_id", "tasks", *protocol.STATES, "done", "submitted_at"]
+    return pd.DataFrame(rows, columns=columns)

@@ -92,13 +92,10 @@ def check_envelope(session_id: str, envelope: object) -> dict[str, Any]:
         raise InvalidRequestError(
             "the session payload's tasks_list.tasks must be a non-empty list"
         )
-    for task_id in ids:
-        try:
-            belongs = protocol.session_of(task_id) == session_id
-        except ValueError as exc:
-            raise InvalidRequestError(str(exc)) from None
-        if not belongs:
-            raise InvalidRequestError(f"task {task_id!r} is not a task of session {session_id}")
+    try:
+        protocol.check_session_tasks(session_id, ids)
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc)) from None
     if len(set(ids)) != len(ids):
         raise InvalidRequestError("the session payload lists a task id twice")
 
