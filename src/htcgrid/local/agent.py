@@ -34,7 +34,7 @@ from ..config import GridConfig, load_config
 from ..dataplane import open_dataplane
 from ..errors import DataPlaneError, HTCGridError
 from ..protocol import PENDING, TASK_STATUS, TERMINAL_STATES
-from . import services
+from . import cli, services
 from .settings import GridSettings
 from .statetable import StateTable
 from .taskqueue import TaskMessage, TaskQueue
@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="the grid's agent_config.json")
     parser.add_argument("--agent-id", required=True, help="this agent's name in the state table")
     args = parser.parse_args(argv)
-    services.configure_logging()
+    cli.configure_logging()
     name = f"agent {args.agent_id}"
 
     try:

@@ -26,7 +26,7 @@ from ..config import GridConfig, load_config
 from ..dataplane import open_dataplane
 from ..errors import HTCGridError
 from ..protocol import PENDING
-from . import services
+from . import cli
 from .agent import TRANSIENT_ERRORS, serve_in_background
 from .settings import GridSettings
 from .statetable import StateTable
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", required=True, help="the grid's agent_config.json")
     args = parser.parse_args(argv)
-    services.configure_logging()
+    cli.configure_logging()
 
     try:
         checker = HeartbeatChecker(load_config(args.config))

@@ -21,6 +21,8 @@ from collections.abc import Callable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from . import cli
+
 logger = logging.getLogger(__name__)
 
 #: The only address the embedded grid listens on.
@@ -90,20 +92,9 @@ def announce(**fields: str) -> None:
     sys.stdout.flush()
 
 
-def configure_logging() -> None:
-    """Log to standard error, the child process's log file."""
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # werkzeug logs every request line, query string included; one line per error is enough.
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-
-
 def main() -> int:
     """Start moto's server on a free loopback port and serve until released."""
-    configure_logging()
+    cli.configure_logging()
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(LOOPBACK, 0, verbose=False)
