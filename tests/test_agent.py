@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from moto.server import ThreadedMotoServer
 
-from htcgrid import aws, load_config, protocol
+from htcgrid import load_config, protocol
 from htcgrid.dataplane import open_dataplane
 from htcgrid.local.checker import CheckCounts, HeartbeatChecker
 from htcgrid.local.provision import new_tag, provision
@@ -72,7 +72,6 @@ class Grid:
         self.table = StateTable(self.config)
         self.queue = TaskQueue(self.config)
         self.dataplane = open_dataplane(self.config)
-        self._sqs = aws.client(self.config, "sqs")
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     # --- acting as /submit ---------------------------------------------------------------
@@ -171,17 +170,7 @@ class Grid:
 
     def messages(self) -> tuple[int, int]:
         """Messages in the task queue: (visible, in flight)."""
-        attributes = self._sqs.get_queue_attributes(
-            QueueUrl=self.queue.url,
-            AttributeNames=[
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-            ],
-        )["Attributes"]
-        return (
-            int(attributes["ApproximateNumberOfMessages"]),
-            int(attributes["ApproximateNumberOfMessagesNotVisible"]),
-        )
+        return self.queue.counts()
 
 
 def _children(pid: int) -> list[int]:

@@ -147,24 +147,9 @@ def retries(connector: AWSConnector, submission: dict[str, Any]) -> dict[str, in
 
 
 @pytest.fixture(scope="module")
-def messages(grid: LocalGrid, queue: TaskQueue) -> Callable[[], tuple[int, int]]:
+def messages(queue: TaskQueue) -> Callable[[], tuple[int, int]]:
     """Counts the messages in the task queue: (visible, in flight)."""
-    sqs = aws.client(grid.config, "sqs")
-
-    def count() -> tuple[int, int]:
-        attributes = sqs.get_queue_attributes(
-            QueueUrl=queue.url,
-            AttributeNames=[
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-            ],
-        )["Attributes"]
-        return (
-            int(attributes["ApproximateNumberOfMessages"]),
-            int(attributes["ApproximateNumberOfMessagesNotVisible"]),
-        )
-
-    return count
+    return queue.counts
 
 
 def gone(pid: int) -> bool:

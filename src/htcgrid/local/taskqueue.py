@@ -118,19 +118,20 @@ class TaskQueue:
                 # They come back by themselves when their visibility timeout ends.
                 logger.debug("could not release queue messages: %s", exc)
 
-    def set_visibility(self, receipt: str, seconds: int) -> bool:
-        """Hide the message for ``seconds`` from now (0: visible at once); False if stale."""
-        try:
-            self._sqs.change_message_visibility(
-                QueueUrl=self.url, ReceiptHandle=receipt, VisibilityTimeout=max(0, seconds)
-            )
-        except ClientError as exc:
-            logger.debug("could not change a queue message's visibility: %s", exc)
-            return False
-        return True
+    def counts(self) -> tuple[int, int]:
+        """Messages in the queue: (visible, in flight), as SQS approximates them."""
+        attrs = self._sqs.get_queue_attributes(
+            QueueUrl=self.url,
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+            ],
+        )["Attributes"]
+        return (
+            int(attrs.get("ApproximateNumberOfMessages", 0)),
+            int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+        )
 
     def approximate_depth(self) -> int:
-        attrs = self._sqs.get_queue_attributes(
-            QueueUrl=self.url, AttributeNames=["ApproximateNumberOfMessages"]
-        )["Attributes"]
-        return int(attrs.get("ApproximateNumberOfMessages", 0))
+        """Messages waiting to be received."""
+        return self.counts()[0]
