@@ -4,6 +4,12 @@ Run as ``python -m htcgrid.local.services``. The process prints one JSON line,
 ``{"endpoint": "http://127.0.0.1:PORT"}``, then serves S3, SQS, DynamoDB and Cognito until its
 standard input reaches end of file (the parent closed it, or died) or it receives SIGTERM.
 
+moto's application is served by waitress rather than by moto's own ``ThreadedMotoServer``:
+that one runs werkzeug's development server, which closes the connection after every answer
+and starts a thread for every request; waitress keeps boto3's connections alive and runs
+requests on a fixed pool of threads. On this machine that takes a third off the server's CPU
+time per request, the embedded grid's largest cost (see ``docs/benchmarks.md``).
+
 :class:`Lifeline` and :func:`run_until_released` are shared with the gateway, the checker and
 the agents: every process of the embedded grid lives exactly as long as the pipe its parent
 holds open.
@@ -18,6 +24,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -29,6 +36,12 @@ logger = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
 #: What a call to the local AWS services raises when it fails (for ``except`` clauses).
 AWS_ERRORS: tuple[type[Exception], ...] = (BotoCoreError, ClientError)
+#: Threads serving requests. An SQS receive holds its thread for as long as it long-polls, so
+#: there must be room for every agent's receive and still for the other requests.
+SERVER_THREADS = 48
+#: Open connections a server accepts: every boto3 client in the grid and in its clients keeps
+#: a pool of them alive (up to ten each, more for the client's data plane).
+CONNECTION_LIMIT = 2000
 
 
 class Lifeline:
@@ -92,15 +105,45 @@ def announce(**fields: str) -> None:
     sys.stdout.flush()
 
 
+def moto_application() -> Any:
+    """moto's WSGI application (every service), remembering which backend serves which host.
+
+    moto finds the backend of a request from its host, or from its signature's credential
+    scope, and for each request lists moto's package directory to do so; the answer for a host
+    never changes, so it is looked up once.
+    """
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    class _Dispatcher(DomainDispatcherApplication):
+        def __init__(self) -> None:
+            super().__init__(create_backend_app)
+            self._backends: dict[str | None, Any] = {}
+
+        def get_backend_for_host(self, host: str | None) -> Any:
+            try:
+                return self._backends[host]
+            except KeyError:
+                backend = self._backends[host] = super().get_backend_for_host(host)
+                return backend
+
+    return _Dispatcher()
+
+
 def main() -> int:
     """Start moto's server on a free loopback port and serve until released."""
     cli.configure_logging()
-    from moto.server import ThreadedMotoServer
+    from waitress.server import create_server
 
-    server = ThreadedMotoServer(LOOPBACK, 0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    server = create_server(
+        moto_application(),
+        host=LOOPBACK,
+        port=0,
+        threads=SERVER_THREADS,
+        connection_limit=CONNECTION_LIMIT,
+        ident="htcgrid-moto",
+    )
+    threading.Thread(target=server.run, name="waitress", daemon=True).start()
+    endpoint = f"http://{LOOPBACK}:{server.effective_port}"
     logger.info("AWS services listening at %s", endpoint)
     announce(endpoint=endpoint)
 
