@@ -34,10 +34,10 @@ logger = logging.getLogger(__name__)
 #: The dispatcher tops the queue up to HIGH_WATER messages when it falls under LOW_WATER:
 #: enough for a few agents taking batches of ten, few enough that reading the queued tasks'
 #: rows for /result stays cheap.
-LOW_WATER = 20
-HIGH_WATER = 50
+LOW_WATER = 15
+HIGH_WATER = 30
 #: How often the dispatcher looks at the queue's depth while it has tasks to queue.
-FEED_PERIOD_SEC = 0.05
+FEED_PERIOD_SEC = 0.1
 #: /result re-reads a session's running tasks at most this often, and at most a fifth of the
 #: time (a read of many rows costs moto a while); answers in between are built from what was
 #: read last.
