@@ -49,6 +49,29 @@ def test_a_session_of_200_tasks_returns_every_output_in_submission_order(connect
     assert results["metadata"]["counts"]["finished"] == 200
 
 
+def test_get_results_reads_each_output_once_as_its_task_ends(connector, monkeypatch):
+    reads: list[tuple[float, str]] = []
+    dataplane = connector.dataplane
+    original = dataplane.get
+
+    def timed_get(key: str):
+        reads.append((time.monotonic(), key))
+        return original(key)
+
+    monkeypatch.setattr(dataplane, "get", timed_get)
+    submission = connector.send([sleep_task(10), sleep_task(2500)])
+    results = connector.get_results(submission, timeout_sec=60)
+    returned = time.monotonic()
+
+    quick, slow = submission["task_ids"]
+    assert results["finished_OUTPUT"] == ["10", "2500"]
+    output_reads = {key: at for at, key in reads if key.endswith("-output")}
+    assert sorted(key for _, key in reads if key.endswith("-output")) == sorted(output_reads)
+    assert set(output_reads) == {f"{quick}-output", f"{slow}-output"}
+    # The quick task's output was read while the slow one still ran, not at the end.
+    assert returned - output_reads[f"{quick}-output"] > 1.0
+
+
 def test_results_are_in_submission_order_when_tasks_finish_out_of_order(connector):
     submission = connector.send([sleep_task(1500), sleep_task(10), sleep_task(400)])
 

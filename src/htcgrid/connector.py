@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import Any
 
 from . import protocol
@@ -264,8 +264,12 @@ class AWSConnector:
         wanted = set(ids)
         deadline = time.monotonic() + timeout_sec if timeout_sec else None
         interval = self.config.results_pull_interval_sec if self.config else 1.0
+        # Outputs and errors are read as their tasks end, during the waits between polls,
+        # so that only the last few are left to read when the session is done.
+        texts = _EndedTexts(self.dataplane)
         with unreachable_with_hint(session_id, _reattach_hint(session_id)):
             while True:
+                polled = time.monotonic()
                 answer = control.result(session_id)
                 by_state = protocol.terminal_ids(answer)
                 done = {t for state_ids in by_state.values() for t in state_ids} & wanted
@@ -280,8 +284,9 @@ class AWSConnector:
                         timeout_sec,
                     )
                     break
-                time.sleep(interval)
-            return self._collect(session_id, ids, by_state, answer)
+                texts.read_new(by_state, wanted)
+                time.sleep(max(0.0, interval - (time.monotonic() - polled)))
+            return self._collect(session_id, ids, by_state, answer, texts)
 
     def _submission_ids(self, submission: Mapping[str, Any] | str) -> tuple[str, list[str]]:
         """The session id and task ids of a submission, each checked before any I/O."""
@@ -325,14 +330,17 @@ class AWSConnector:
         ids: list[str],
         by_state: Mapping[str, list[str]],
         answer: Mapping[str, Any],
+        texts: _EndedTexts | None = None,
     ) -> dict[str, Any]:
         order = {t: i for i, t in enumerate(ids)}
         ordered = {
             state: sorted((t for t in set(by_state[state]) if t in order), key=order.__getitem__)
             for state in protocol.TERMINAL_STATES
         }
-        outputs = self.dataplane.read_outputs(ordered[protocol.FINISHED])
-        errors = self.dataplane.read_errors(ordered[protocol.FAILED])
+        if texts is None:
+            texts = _EndedTexts(self.dataplane)
+        texts.read_new(ordered, order, retry_missing=True)
+        outputs, errors = texts.outputs, texts.errors
         missing = [t for t, text in outputs.items() if text is None]
         if missing:
             logger.warning(
@@ -413,6 +421,39 @@ class AWSConnector:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _EndedTexts:
+    """The outputs of finished tasks and the errors of failed ones, each read once.
+
+    A task that ended never changes again, so what was read stays true; a text found
+    missing is looked for again only when asked (``retry_missing``).
+    """
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dataplane = dataplane
+        self.outputs: dict[str, str | None] = {}
+        self.errors: dict[str, str | None] = {}
+
+    def read_new(
+        self,
+        by_state: Mapping[str, Iterable[str]],
+        wanted: Container[str],
+        *,
+        retry_missing: bool = False,
+    ) -> None:
+        """Read the texts of the tasks of ``wanted`` that ended since the last call."""
+        for state, texts, read in (
+            (protocol.FINISHED, self.outputs, self._dataplane.read_outputs),
+            (protocol.FAILED, self.errors, self._dataplane.read_errors),
+        ):
+            new = [
+                t
+                for t in by_state.get(state, ())
+                if t in wanted and (t not in texts or (retry_missing and texts[t] is None))
+            ]
+            if new:
+                texts.update(read(new))
 
 
 def _checked_session_id(session_id: object) -> str:
