@@ -285,7 +285,11 @@ class AWSConnector:
                     )
                     break
                 texts.read_new(by_state, wanted)
-                time.sleep(max(0.0, interval - (time.monotonic() - polled)))
+                # A poll that took long (a large session, a busy grid) is followed by a
+                # pause of twice its length, so that polling takes at most a third of the
+                # grid's API from the tasks.
+                took = time.monotonic() - polled
+                time.sleep(max(interval - took, 2 * took))
             return self._collect(session_id, ids, by_state, answer, texts)
 
     def _submission_ids(self, submission: Mapping[str, Any] | str) -> tuple[str, list[str]]:
