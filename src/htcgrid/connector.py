@@ -271,6 +271,7 @@ class AWSConnector:
             while True:
                 polled = time.monotonic()
                 answer = control.result(session_id)
+                asked = time.monotonic() - polled
                 by_state = protocol.terminal_ids(answer)
                 done = {t for state_ids in by_state.values() for t in state_ids} & wanted
                 if len(done) == len(wanted):
@@ -285,11 +286,11 @@ class AWSConnector:
                     )
                     break
                 texts.read_new(by_state, wanted)
-                # A poll that took long (a large session, a busy grid) is followed by a
-                # pause of twice its length, so that polling takes at most a third of the
-                # grid's API from the tasks.
+                # A /result that took long (a large session, a busy grid) is followed by a
+                # pause at least as long, so that polling takes at most half of the grid's
+                # API; reading outputs is work that must be done anyway, and does not count.
                 took = time.monotonic() - polled
-                time.sleep(max(interval - took, 2 * took))
+                time.sleep(max(interval - took, asked))
             return self._collect(session_id, ids, by_state, answer, texts)
 
     def _submission_ids(self, submission: Mapping[str, Any] | str) -> tuple[str, list[str]]:
