@@ -36,9 +36,11 @@ logger = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
 #: What a call to the local AWS services raises when it fails (for ``except`` clauses).
 AWS_ERRORS: tuple[type[Exception], ...] = (BotoCoreError, ClientError)
-#: Threads serving requests. An SQS receive holds its thread for as long as it long-polls, so
-#: there must be room for every agent's receive and still for the other requests.
-SERVER_THREADS = 48
+#: Threads serving requests. An SQS receive holds its thread for as long as it long-polls
+#: (up to a second), so there must be room for every agent's receive and still for the other
+#: requests: enough for a hundred agents, far more than two cores can use. An idle thread
+#: costs next to nothing.
+SERVER_THREADS = 128
 #: Open connections a server accepts: every boto3 client in the grid and in its clients keeps
 #: a pool of them alive (up to ten each, more for the client's data plane).
 CONNECTION_LIMIT = 2000
