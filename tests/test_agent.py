@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from moto.server import ThreadedMotoServer
 
 from htcgrid import load_config, protocol
 from htcgrid.dataplane import open_dataplane
+from htcgrid.local import processes
 from htcgrid.local.checker import CheckCounts, HeartbeatChecker
 from htcgrid.local.provision import new_tag, provision
 from htcgrid.local.settings import GridSettings
@@ -48,14 +48,14 @@ STARTUP_SEC = 30
 
 
 @pytest.fixture(scope="module")
-def aws_endpoint():
-    server = ThreadedMotoServer("127.0.0.1", 0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+def aws_endpoint(tmp_path_factory):
+    """The embedded grid's own AWS services process, as a grid starts it."""
+    workdir = tmp_path_factory.mktemp("services")
+    child = processes.spawn("services", "htcgrid.local.services", [], workdir, os.environ)
     try:
-        yield f"http://{host}:{port}"
+        yield processes.announcement(child, "endpoint")
     finally:
-        server.stop()
+        processes.terminate([child])
 
 
 class Grid:

@@ -7,23 +7,22 @@ standard input reaches end of file (the parent closed it, or died) or it receive
 moto's application is served by waitress rather than by moto's own ``ThreadedMotoServer``:
 that one runs werkzeug's development server, which closes the connection after every answer
 and starts a thread for every request; waitress keeps boto3's connections alive and runs
-requests on a fixed pool of threads. On this machine that takes a third off the server's CPU
-time per request, the embedded grid's largest cost (see ``docs/benchmarks.md``).
+requests on a fixed pool of threads. On this project's machine that took a third off the
+server's CPU time per request, the embedded grid's largest cost.
 
-:class:`Lifeline` and :func:`run_until_released` are shared with the gateway, the checker and
-the agents: every process of the embedded grid lives exactly as long as the pipe its parent
-holds open.
+:class:`Lifeline` is shared with the gateway, the checker and the agents: every process of
+the embedded grid lives exactly as long as the pipe its parent holds open.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -86,21 +85,6 @@ class Lifeline:
             pass
 
 
-def run_until_released(on_stop: Callable[[], None] | None = None) -> None:
-    """Block until stdin reaches end of file or SIGTERM/SIGINT arrives, then call ``on_stop``.
-
-    Must be called from the main thread (it installs the SIGTERM handler).
-
-    Parameters
-    ----------
-    on_stop : callable, optional
-        Called once, in the main thread, before this function returns.
-    """
-    Lifeline().hold()
-    if on_stop is not None:
-        on_stop()
-
-
 def announce(**fields: str) -> None:
     """Print the one JSON line a parent process waits for, and flush it."""
     sys.stdout.write(json.dumps(fields) + "\n")
@@ -138,51 +122,87 @@ def lighten_sqs_receive() -> bool:
     ``get_queue_attributes``, which works out every attribute of the queue three times,
     reading each of its messages each time: most of the CPU time of a receive. This reads
     the one attribute directly, with the same rule (a message older than the queue's
-    retention period is not delivered). Returns ``False``, and changes nothing, where moto's
-    backend is not shaped as expected.
+    retention period is not delivered), and falls back to moto's own check for any message
+    or queue that is not shaped as expected. Returns ``False``, and changes nothing, where
+    moto's backend itself is not.
     """
     from moto.core.utils import unix_time
     from moto.sqs.models import Queue, SQSBackend
 
     name = "is_message_valid_based_on_retention_period"
-    if not hasattr(SQSBackend, name) or "MessageRetentionPeriod" not in getattr(
-        Queue, "BASE_ATTRIBUTES", ()
-    ):
+    original = getattr(SQSBackend, name, None)
+    if original is None or "MessageRetentionPeriod" not in getattr(Queue, "BASE_ATTRIBUTES", ()):
+        return False
+    try:
+        parameters = list(inspect.signature(original).parameters)
+    except (TypeError, ValueError):
+        return False
+    if parameters != ["self", "queue_name", "message"]:
         return False
 
     def is_retained(self: SQSBackend, queue_name: str, message: Any) -> bool:
-        retention_sec = float(self.get_queue(queue_name).message_retention_period)
-        return retention_sec + message.sent_timestamp / 1000 > unix_time()
+        try:
+            retention_sec = float(self.get_queue(queue_name).message_retention_period)
+            sent_sec = float(message.sent_timestamp) / 1000
+        except (AttributeError, TypeError, ValueError):
+            return bool(original(self, queue_name, message))
+        return retention_sec + sent_sec > unix_time()
 
     setattr(SQSBackend, name, is_retained)
     return True
 
 
+def make_server(port: int = 0) -> Any:
+    """A waitress server of moto's application on 127.0.0.1 (not yet running).
+
+    ``asyncore_use_poll``: waitress otherwise watches its sockets with ``select()``, which
+    fails for good once a descriptor passes 1023, well within :data:`CONNECTION_LIMIT`.
+    """
+    from waitress.server import create_server
+
+    return create_server(
+        moto_application(),
+        host=LOOPBACK,
+        port=port,
+        threads=SERVER_THREADS,
+        connection_limit=CONNECTION_LIMIT,
+        asyncore_use_poll=True,
+        ident="htcgrid-moto",
+    )
+
+
 def main() -> int:
-    """Start moto's server on a free loopback port and serve until released."""
+    """Start moto's server on a free loopback port and serve until released.
+
+    The exit status is 0 after a requested stop, 1 if the server stopped by itself.
+    """
     cli.configure_logging()
     if not lighten_sqs_receive():
         logger.info("moto's SQS is not as expected; serving it unchanged")
-    from waitress.server import create_server
+    lifeline = Lifeline()
+    server = make_server()
+    failed = threading.Event()
 
-    server = create_server(
-        moto_application(),
-        host=LOOPBACK,
-        port=0,
-        threads=SERVER_THREADS,
-        connection_limit=CONNECTION_LIMIT,
-        ident="htcgrid-moto",
-    )
-    threading.Thread(target=server.run, name="waitress", daemon=True).start()
+    def serve() -> None:
+        try:
+            server.run()
+        except BaseException:
+            logger.exception("the AWS services' server failed")
+        # Whether it raised or returned, nothing is served any more: the process must end, so
+        # that the grid sees a dead child rather than a silent port.
+        failed.set()
+        lifeline.released.set()
+
+    threading.Thread(target=serve, name="waitress", daemon=True).start()
     endpoint = f"http://{LOOPBACK}:{server.effective_port}"
     logger.info("AWS services listening at %s", endpoint)
     announce(endpoint=endpoint)
 
-    run_until_released()
+    lifeline.hold()
     # moto keeps everything in memory, so there is nothing to flush: the process's exit closes
-    # the socket. A graceful server.stop() would only add its half-second polling interval.
+    # the socket.
     logger.info("AWS services stopping")
-    return 0
+    return 1 if failed.is_set() else 0
 
 
 if __name__ == "__main__":
