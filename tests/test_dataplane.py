@@ -9,7 +9,7 @@ from moto import mock_aws
 
 from htcgrid import protocol
 from htcgrid.config import load_config
-from htcgrid.dataplane import S3DataPlane
+from htcgrid.dataplane import EndedTexts, S3DataPlane
 
 CONFIG = {
     "region": "us-east-1",
@@ -75,3 +75,26 @@ def test_kms_key_is_sent_with_aws_kms_only(s3, monkeypatch):
     assert sent[0]["ServerSideEncryption"] == "aws:kms"
     assert sent[0]["SSEKMSKeyId"] == "key-1"
     assert "ServerSideEncryption" not in sent[1] and "SSEKMSKeyId" not in sent[1]
+
+
+def test_texts_of_ended_tasks_are_read_once_each_and_never_mixed_up(s3):
+    plane = S3DataPlane(load_config(CONFIG, private=False), max_workers=4)
+    a, b, c = protocol.task_ids("S", 3)
+    plane.write_output(a, 1000)
+    plane.write_output(b, 2000)
+    plane.write_error(c, "boom")
+    texts = EndedTexts(plane)
+    reads = []
+    original = plane.get
+    plane.get = lambda key: reads.append(key) or original(key)
+
+    # A /result answer may list a task twice; each keeps its own text.
+    texts.read_new({protocol.FINISHED: [a, a, b], protocol.FAILED: [c]}, {a, b, c})
+    texts.read_new({protocol.FINISHED: [a, b], protocol.FAILED: [c]}, {a, b, c})
+
+    assert texts.outputs == {a: "1000", b: "2000"}
+    assert texts.errors == {c: "boom"}
+    assert sorted(reads) == sorted(
+        [protocol.output_key(a), protocol.output_key(b), protocol.error_key(c)]
+    )
+    assert plane.read_outputs([b, a, b]) == {b: "2000", a: "1000"}

@@ -20,15 +20,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import protocol
 from .auth import ApiKeyAuth, Authenticator, CognitoAuth
 from .config import ConfigSource, GridConfig, load_config
 from .controlplane import ControlPlane, RetryPolicy
-from .dataplane import DEFAULT_MAX_WORKERS, DataPlane, open_dataplane
+from .dataplane import DEFAULT_MAX_WORKERS, DataPlane, EndedTexts, open_dataplane
 from .errors import (
+    DataPlaneError,
     GridUnreachableError,
     HTCGridError,
     TaskValidationError,
@@ -227,10 +228,12 @@ class AWSConnector:
     ) -> dict[str, Any]:
         """Wait for a submission's tasks to end; return the documented results dict.
 
-        Polls /result every ``dynamodb_results_pull_interval_sec`` until every task is
-        finished, failed or cancelled, or ``timeout_sec`` passes (0: no limit). A poll that
-        fails is retried within the connector's retry policy; one /result call may overrun
-        ``timeout_sec`` by at most that policy's bound.
+        Polls /result every ``dynamodb_results_pull_interval_sec`` (or, after a /result
+        call that took longer, after a pause as long as that call) until every task is
+        finished, failed or cancelled, or ``timeout_sec`` passes (0: no limit), and reads
+        each output and error once, as its task ends. A poll that fails is retried within
+        the connector's retry policy; one /result call may overrun ``timeout_sec`` by at
+        most that policy's bound.
 
         Parameters
         ----------
@@ -266,7 +269,7 @@ class AWSConnector:
         interval = self.config.results_pull_interval_sec if self.config else 1.0
         # Outputs and errors are read as their tasks end, during the waits between polls,
         # so that only the last few are left to read when the session is done.
-        texts = _EndedTexts(self.dataplane)
+        texts = EndedTexts(self.dataplane)
         with unreachable_with_hint(session_id, _reattach_hint(session_id)):
             while True:
                 polled = time.monotonic()
@@ -276,7 +279,7 @@ class AWSConnector:
                 done = {t for state_ids in by_state.values() for t in state_ids} & wanted
                 if len(done) == len(wanted):
                     break
-                if deadline is not None and time.monotonic() + interval > deadline:
+                if deadline is not None and time.monotonic() >= deadline:
                     logger.warning(
                         "session %s: %d of %d tasks not done when the wait of %s s ended",
                         session_id,
@@ -285,12 +288,19 @@ class AWSConnector:
                         timeout_sec,
                     )
                     break
-                texts.read_new(by_state, wanted)
+                try:
+                    texts.read_new(by_state, wanted)
+                except DataPlaneError as exc:
+                    # Not fatal yet: what could not be read is read again at the end.
+                    logger.debug("session %s: reading outputs: %s; later", session_id, exc)
                 # A /result that took long (a large session, a busy grid) is followed by a
                 # pause at least as long, so that polling takes at most half of the grid's
                 # API; reading outputs is work that must be done anyway, and does not count.
-                took = time.monotonic() - polled
-                time.sleep(max(interval - took, asked))
+                # The last poll is made when the wait ends.
+                pause = max(interval - (time.monotonic() - polled), asked)
+                if deadline is not None:
+                    pause = min(pause, deadline - time.monotonic())
+                time.sleep(max(0.0, pause))
             return self._collect(session_id, ids, by_state, answer, texts)
 
     def _submission_ids(self, submission: Mapping[str, Any] | str) -> tuple[str, list[str]]:
@@ -335,7 +345,7 @@ class AWSConnector:
         ids: list[str],
         by_state: Mapping[str, list[str]],
         answer: Mapping[str, Any],
-        texts: _EndedTexts | None = None,
+        texts: EndedTexts | None = None,
     ) -> dict[str, Any]:
         order = {t: i for i, t in enumerate(ids)}
         ordered = {
@@ -343,7 +353,7 @@ class AWSConnector:
             for state in protocol.TERMINAL_STATES
         }
         if texts is None:
-            texts = _EndedTexts(self.dataplane)
+            texts = EndedTexts(self.dataplane)
         texts.read_new(ordered, order, retry_missing=True)
         outputs, errors = texts.outputs, texts.errors
         missing = [t for t, text in outputs.items() if text is None]
@@ -426,39 +436,6 @@ class AWSConnector:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-class _EndedTexts:
-    """The outputs of finished tasks and the errors of failed ones, each read once.
-
-    A task that ended never changes again, so what was read stays true; a text found
-    missing is looked for again only when asked (``retry_missing``).
-    """
-
-    def __init__(self, dataplane: DataPlane) -> None:
-        self._dataplane = dataplane
-        self.outputs: dict[str, str | None] = {}
-        self.errors: dict[str, str | None] = {}
-
-    def read_new(
-        self,
-        by_state: Mapping[str, Iterable[str]],
-        wanted: Container[str],
-        *,
-        retry_missing: bool = False,
-    ) -> None:
-        """Read the texts of the tasks of ``wanted`` that ended since the last call."""
-        for state, texts, read in (
-            (protocol.FINISHED, self.outputs, self._dataplane.read_outputs),
-            (protocol.FAILED, self.errors, self._dataplane.read_errors),
-        ):
-            new = [
-                t
-                for t in by_state.get(state, ())
-                if t in wanted and (t not in texts or (retry_missing and texts[t] is None))
-            ]
-            if new:
-                texts.update(read(new))
 
 
 def _checked_session_id(session_id: object) -> str:

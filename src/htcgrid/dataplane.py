@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -102,11 +102,12 @@ class DataPlane(ABC):
 
     def read_outputs(self, ids: Iterable[str]) -> dict[str, str | None]:
         """Return each task's output text (``None`` where there is none)."""
-        ids = list(ids)
+        ids = list(dict.fromkeys(ids))
         raw = self.get_many(protocol.output_key(t) for t in ids)
         return {
             t: None if data is None else protocol.decode_output(data)
-            for t, data in zip(ids, raw.values())
+            for t in ids
+            for data in [raw[protocol.output_key(t)]]
         }
 
     def write_error(self, task_id: str, text: str) -> None:
@@ -114,11 +115,12 @@ class DataPlane(ABC):
 
     def read_errors(self, ids: Iterable[str]) -> dict[str, str | None]:
         """Return the text of each task's last failure (``None`` where there is none)."""
-        ids = list(ids)
+        ids = list(dict.fromkeys(ids))
         raw = self.get_many(protocol.error_key(t) for t in ids)
         return {
             t: None if data is None else protocol.decode_error(data)
-            for t, data in zip(ids, raw.values())
+            for t in ids
+            for data in [raw[protocol.error_key(t)]]
         }
 
     def close(self) -> None:
@@ -172,3 +174,37 @@ def open_dataplane(config: GridConfig, max_workers: int = DEFAULT_MAX_WORKERS) -
         f"grid_storage_service {config.storage!r} is not supported by this version of htcgrid "
         "yet; only 'S3' is"
     )
+
+
+class EndedTexts:
+    """The outputs of finished tasks and the errors of failed ones, each read once.
+
+    An output or error text is written before its task ends and is not written again, so
+    what was read stays true; a text found missing is looked for again only when asked
+    (``retry_missing``).
+    """
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dataplane = dataplane
+        self.outputs: dict[str, str | None] = {}
+        self.errors: dict[str, str | None] = {}
+
+    def read_new(
+        self,
+        by_state: Mapping[str, Iterable[str]],
+        wanted: Container[str],
+        *,
+        retry_missing: bool = False,
+    ) -> None:
+        """Read the texts of the tasks of ``wanted`` that ended since the last call."""
+        for state, texts, read in (
+            (protocol.FINISHED, self.outputs, self._dataplane.read_outputs),
+            (protocol.FAILED, self.errors, self._dataplane.read_errors),
+        ):
+            new = [
+                t
+                for t in dict.fromkeys(by_state.get(state, ()))
+                if t in wanted and (t not in texts or (retry_missing and texts[t] is None))
+            ]
+            if new:
+                texts.update(read(new))

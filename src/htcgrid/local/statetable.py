@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
@@ -42,6 +42,9 @@ from ..protocol import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: What an update returns of the row as it was (DynamoDB's ``ReturnValues``).
+ReturnValues = Literal["NONE", "ALL_OLD", "UPDATED_OLD"]
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -210,7 +213,9 @@ class StateTable:
             time.sleep(min(0.05 * 2**attempt, 2.0))
         raise RuntimeError(f"DynamoDB left {len(pending[self.name])} writes unprocessed")
 
-    def _update(self, task_id: str, returns: str = "NONE", **kwargs: Any) -> dict[str, Any] | None:
+    def _update(
+        self, task_id: str, *, returns: ReturnValues = "NONE", **kwargs: Any
+    ) -> dict[str, Any] | None:
         """A conditional update; ``None`` if it did not apply, else the old values that
         ``returns`` asks for (DynamoDB's ``ReturnValues``; an empty dict for ``NONE``).
 
@@ -235,7 +240,8 @@ class StateTable:
         task_id: str,
         values: dict[str, Any],
         expected: dict[str, Any],
-        returns: str = "NONE",
+        *,
+        returns: ReturnValues = "NONE",
     ) -> dict[str, Any] | None:
         """Set ``values`` if every attribute of ``expected`` equals its value; like
         :meth:`_update`, ``None`` if the condition did not hold.
@@ -367,7 +373,7 @@ class StateTable:
         """pending/processing -> cancelled; the state it left, or ``None`` if terminal."""
         old = self._update(
             task_id,
-            "UPDATED_OLD",
+            returns="UPDATED_OLD",
             UpdateExpression=f"SET {TASK_STATUS} = :c, {TASK_COMPLETION_TIMESTAMP} = :now",
             ConditionExpression=f"{TASK_STATUS} IN (:p, :r)",
             ExpressionAttributeValues={
