@@ -126,3 +126,18 @@ def test_the_server_listens_on_loopback_and_outlives_a_thousand_connections(serv
     finally:
         for conn in held:
             conn.close()
+
+
+def test_s3_keys_with_question_marks_and_escaped_slashes_stay_apart(served):
+    _, client = served
+    s3 = client("s3")
+    s3.create_bucket(Bucket="keys-bucket")
+    keys = ["report?v=1", "report?v=2", "a%2Fb", "a/b"]
+    for key in keys:
+        s3.put_object(Bucket="keys-bucket", Key=key, Body=key.encode())
+
+    listed = [o["Key"] for o in s3.list_objects_v2(Bucket="keys-bucket")["Contents"]]
+
+    assert sorted(listed) == sorted(keys)
+    for key in keys:
+        assert s3.get_object(Bucket="keys-bucket", Key=key)["Body"].read() == key.encode()

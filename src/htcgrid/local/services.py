@@ -20,6 +20,7 @@ import inspect
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
@@ -41,8 +42,11 @@ AWS_ERRORS: tuple[type[Exception], ...] = (BotoCoreError, ClientError)
 #: costs next to nothing.
 SERVER_THREADS = 128
 #: Open connections a server accepts: every boto3 client in the grid and in its clients keeps
-#: a pool of them alive (up to ten each, more for the client's data plane).
-CONNECTION_LIMIT = 2000
+#: a pool of them alive (up to ten each, 32 for a client's data plane). Past the limit a
+#: server accepts nothing until a connection closes, so the limit is high and idle
+#: connections are closed after IDLE_TIMEOUT_SEC (boto3 opens a new one when it needs it).
+CONNECTION_LIMIT = 10_000
+IDLE_TIMEOUT_SEC = 30
 
 
 class Lifeline:
@@ -96,7 +100,8 @@ def moto_application() -> Any:
 
     moto finds the backend of a request from its host, or from its signature's credential
     scope, and for each request lists moto's package directory to do so; the answer for a host
-    never changes, so it is looked up once.
+    never changes, so it is looked up once. The request line reaches moto as werkzeug would
+    pass it, which S3 keys depend on.
     """
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
@@ -111,6 +116,14 @@ def moto_application() -> Any:
             except KeyError:
                 backend = self._backends[host] = super().get_backend_for_host(host)
                 return backend
+
+        def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+            # moto reads an S3 key from the request line as sent (werkzeug's RAW_URI), and
+            # otherwise from the decoded path, in which "a%3Fb" and "a?b", or "a%2Fb" and
+            # "a/b", are the same key. Waitress calls the request line REQUEST_URI.
+            if "RAW_URI" not in environ and "REQUEST_URI" in environ:
+                environ["RAW_URI"] = environ["REQUEST_URI"]
+            return super().__call__(environ, start_response)
 
     return _Dispatcher()
 
@@ -166,6 +179,7 @@ def make_server(port: int = 0) -> Any:
         port=port,
         threads=SERVER_THREADS,
         connection_limit=CONNECTION_LIMIT,
+        channel_timeout=IDLE_TIMEOUT_SEC,
         asyncore_use_poll=True,
         ident="htcgrid-moto",
     )
@@ -177,6 +191,14 @@ def main() -> int:
     The exit status is 0 after a requested stop, 1 if the server stopped by itself.
     """
     cli.configure_logging()
+    # Room for the connections: as many open files as the system lets this process have.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 65_536)
+    if soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            logger.info("cannot raise the open-file limit from %d: %s", soft, exc)
     if not lighten_sqs_receive():
         logger.info("moto's SQS is not as expected; serving it unchanged")
     lifeline = Lifeline()
