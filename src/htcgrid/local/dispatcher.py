@@ -42,6 +42,8 @@ FEED_PERIOD_SEC = 0.1
 #: time (a read of many rows costs moto a while); answers in between are built from what was
 #: read last.
 REFRESH_PERIOD_SEC = 0.1
+#: A refresh time older than any wait: ``time.monotonic()`` counts from boot, so 0.0 is not.
+NEVER = float("-inf")
 REFRESH_LOAD_FACTOR = 5
 #: The attributes /result needs from a row.
 DETAIL_ATTRIBUTES = (
@@ -93,7 +95,8 @@ class TrackedSession:
     ended: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Details of queued tasks that had not ended when last read.
     running: dict[str, dict[str, Any]] = field(default_factory=dict)
-    refreshed_at: float = 0.0
+    #: When the last refresh began (``time.monotonic()``); :data:`NEVER` forces the next.
+    refreshed_at: float = NEVER
     #: How long the last refresh took, which paces the next.
     refresh_cost: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -244,4 +247,4 @@ class Dispatcher:
             for row in session.rows(ids):
                 row[protocol.TASK_COMPLETION_TIMESTAMP] = ended_ms
                 session.ended[row[protocol.TASK_ID]] = task_details(row, protocol.CANCELLED)
-            session.refreshed_at = 0.0
+            session.refreshed_at = NEVER

@@ -20,7 +20,7 @@ from typing import Any
 from .. import protocol
 from ..dataplane import DataPlane
 from ..errors import HTCGridError
-from .dispatcher import Dispatcher, TrackedSession, task_details
+from .dispatcher import NEVER, Dispatcher, TrackedSession, task_details
 from .statetable import StateTable, pending_row
 from .taskqueue import TaskQueue
 
@@ -341,7 +341,7 @@ class GridHandlers:
             left = self._cancel_tasks(session_id, ids)
             if tracked is not None:
                 with tracked.lock:
-                    tracked.refreshed_at = 0.0
+                    tracked.refreshed_at = NEVER
             answer[session_id] = protocol.cancel_counts(
                 len(never_queued) + left.count(protocol.PENDING), left.count(protocol.PROCESSING)
             )
