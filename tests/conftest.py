@@ -70,3 +70,23 @@ def pytest_configure(config):
     path = os.environ.get("PYTHONPATH", "")
     if str(TESTS_DIR) not in path.split(os.pathsep):
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), path) if p)
+
+
+@pytest.fixture
+def untuned_moto(monkeypatch):
+    """moto in this process as shipped, put back so after the test whatever it tuned."""
+    import moto.core.responses
+    import moto.sqs.models
+    from moto.core import serialize
+    from moto.sqs.models import SQSBackend
+
+    retention_check = "is_message_valid_based_on_retention_period"
+    monkeypatch.setattr(SQSBackend, retention_check, getattr(SQSBackend, retention_check))
+    for name in ("unix_time", "unix_time_millis"):
+        monkeypatch.setattr(moto.sqs.models, name, getattr(moto.sqs.models, name))
+    monkeypatch.setattr(
+        moto.core.responses,
+        "method_names_from_class",
+        moto.core.responses.method_names_from_class,
+    )
+    monkeypatch.delitem(serialize.SERVICE_SPECIFIC_SERIALIZERS, "dynamodb", raising=False)

@@ -1,4 +1,4 @@
-"""The embedded grid's AWS services: moto served by waitress, and its lighter SQS receive.
+"""The embedded grid's AWS services: moto served by waitress, with the grid's tunings.
 
 These run moto in this process (its server, over loopback HTTP); the grid's own services
 process is exercised by every test that starts a grid.
@@ -12,26 +12,14 @@ import threading
 
 import boto3
 import pytest
-from moto.core.utils import unix_time
-from moto.sqs.models import SQSBackend, sqs_backends
 
-from htcgrid.local import services
-
-RETENTION_CHECK = "is_message_valid_based_on_retention_period"
+from htcgrid.local import moto_tuning, services
 
 
 @pytest.fixture
-def moto_retention_check(monkeypatch):
-    """moto's own retention check, put back after the test whatever the test changed."""
-    original = getattr(SQSBackend, RETENTION_CHECK)
-    monkeypatch.setattr(SQSBackend, RETENTION_CHECK, original)
-    return original
-
-
-@pytest.fixture
-def served(moto_retention_check):
-    """The services' server, as the services process makes it, with the lighter receive."""
-    assert services.lighten_sqs_receive() is True
+def served(untuned_moto):
+    """The services' server, as the services process makes it, with every tuning applied."""
+    moto_tuning.apply_all()
     server = services.make_server()
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -44,51 +32,6 @@ def served(moto_retention_check):
     finally:
         server.close()
         thread.join(5)
-
-
-def test_the_lighter_retention_check_keeps_moto_s_rule(moto_retention_check):
-    backend = sqs_backends["123456789012"]["us-east-1"]
-    backend.create_queue("retention-probe", MessageRetentionPeriod="60")
-    fresh = backend.send_message("retention-probe", "fresh")
-    old = backend.send_message("retention-probe", "old")
-    old.sent_timestamp = int((unix_time() - 61) * 1000)
-    try:
-        assert services.lighten_sqs_receive() is True
-
-        assert backend.is_message_valid_based_on_retention_period("retention-probe", fresh)
-        assert not backend.is_message_valid_based_on_retention_period("retention-probe", old)
-        got = backend.receive_message("retention-probe", 10, 0, 30)
-        assert [m.body for m in got] == ["fresh"]
-    finally:
-        backend.delete_queue("retention-probe")
-
-
-def test_an_unexpected_moto_is_left_unchanged(monkeypatch, moto_retention_check):
-    def other_shape(self, queue):  # a later moto with another signature
-        return True
-
-    monkeypatch.setattr(SQSBackend, RETENTION_CHECK, other_shape)
-
-    assert services.lighten_sqs_receive() is False
-    assert getattr(SQSBackend, RETENTION_CHECK) is other_shape
-
-
-def test_a_message_not_shaped_as_expected_gets_moto_s_own_check(moto_retention_check):
-    calls = []
-
-    def recording(self, queue_name, message):
-        calls.append(message)
-        return True
-
-    SQSBackend.is_message_valid_based_on_retention_period = recording
-    assert services.lighten_sqs_receive() is True
-    backend = sqs_backends["123456789012"]["us-east-1"]
-    backend.create_queue("shape-probe")
-    try:
-        assert backend.is_message_valid_based_on_retention_period("shape-probe", object())
-        assert len(calls) == 1
-    finally:
-        backend.delete_queue("shape-probe")
 
 
 def test_the_server_answers_sqs_s3_and_dynamodb_on_kept_alive_connections(served):
@@ -141,3 +84,38 @@ def test_s3_keys_with_question_marks_and_escaped_slashes_stay_apart(served):
     assert sorted(listed) == sorted(keys)
     for key in keys:
         assert s3.get_object(Bucket="keys-bucket", Key=key)["Body"].read() == key.encode()
+
+
+def test_items_of_every_type_come_back_as_they_were_put(served):
+    _, client = served
+    ddb = client("dynamodb")
+    ddb.create_table(
+        TableName="round-trip",
+        KeySchema=[{"AttributeName": "task_id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "task_id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    item = {
+        "task_id": {"S": "s_0"},
+        "retries": {"N": "12.5"},
+        "blob": {"B": b"\x00\xffbytes"},
+        "names": {"SS": ["x", "y"]},
+        "blobs": {"BS": [b"\x01"]},
+        "nested": {"M": {"k": {"S": "v"}, "l": {"L": [{"N": "1"}, {"NULL": True}]}}},
+        "flag": {"BOOL": False},
+    }
+    ddb.put_item(TableName="round-trip", Item=item)
+
+    got = ddb.get_item(TableName="round-trip", Key={"task_id": {"S": "s_0"}})["Item"]
+    old = ddb.update_item(
+        TableName="round-trip",
+        Key={"task_id": {"S": "s_0"}},
+        AttributeUpdates={"retries": {"Value": {"N": "13"}, "Action": "PUT"}},
+        ReturnValues="ALL_OLD",
+    )["Attributes"]
+    rows = ddb.batch_get_item(RequestItems={"round-trip": {"Keys": [{"task_id": {"S": "s_0"}}]}})
+
+    got["names"]["SS"].sort()
+    assert got == item
+    assert old == item
+    assert rows["Responses"]["round-trip"][0]["retries"] == {"N": "13"}

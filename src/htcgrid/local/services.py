@@ -16,7 +16,6 @@ the embedded grid lives exactly as long as the pipe its parent holds open.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import cli
+from . import cli, moto_tuning
 
 logger = logging.getLogger(__name__)
 
@@ -128,43 +127,6 @@ def moto_application() -> Any:
     return _Dispatcher()
 
 
-def lighten_sqs_receive() -> bool:
-    """Make moto's SQS check a received message's retention without reading the whole queue.
-
-    For every message it hands out, moto asks the queue for its retention period through
-    ``get_queue_attributes``, which works out every attribute of the queue three times,
-    reading each of its messages each time: most of the CPU time of a receive. This reads
-    the one attribute directly, with the same rule (a message older than the queue's
-    retention period is not delivered), and falls back to moto's own check for any message
-    or queue that is not shaped as expected. Returns ``False``, and changes nothing, where
-    moto's backend itself is not.
-    """
-    from moto.core.utils import unix_time
-    from moto.sqs.models import Queue, SQSBackend
-
-    name = "is_message_valid_based_on_retention_period"
-    original = getattr(SQSBackend, name, None)
-    if original is None or "MessageRetentionPeriod" not in getattr(Queue, "BASE_ATTRIBUTES", ()):
-        return False
-    try:
-        parameters = list(inspect.signature(original).parameters)
-    except (TypeError, ValueError):
-        return False
-    if parameters != ["self", "queue_name", "message"]:
-        return False
-
-    def is_retained(self: SQSBackend, queue_name: str, message: Any) -> bool:
-        try:
-            retention_sec = float(self.get_queue(queue_name).message_retention_period)
-            sent_sec = float(message.sent_timestamp) / 1000
-        except (AttributeError, TypeError, ValueError):
-            return bool(original(self, queue_name, message))
-        return retention_sec + sent_sec > unix_time()
-
-    setattr(SQSBackend, name, is_retained)
-    return True
-
-
 def make_server(port: int = 0) -> Any:
     """A waitress server of moto's application on 127.0.0.1 (not yet running).
 
@@ -199,8 +161,7 @@ def main() -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
         except (ValueError, OSError) as exc:
             logger.info("cannot raise the open-file limit from %d: %s", soft, exc)
-    if not lighten_sqs_receive():
-        logger.info("moto's SQS is not as expected; serving it unchanged")
+    moto_tuning.apply_all()
     lifeline = Lifeline()
     server = make_server()
     failed = threading.Event()
