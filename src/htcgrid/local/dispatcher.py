@@ -45,17 +45,6 @@ REFRESH_PERIOD_SEC = 0.1
 #: A refresh time older than any wait: ``time.monotonic()`` counts from boot, so 0.0 is not.
 NEVER = float("-inf")
 REFRESH_LOAD_FACTOR = 5
-#: The attributes /result needs from a row.
-DETAIL_ATTRIBUTES = (
-    protocol.TASK_ID,
-    protocol.TASK_STATUS,
-    protocol.TASK_OWNER,
-    protocol.RETRIES,
-    protocol.SUBMISSION_TIMESTAMP,
-    protocol.START_TIMESTAMP,
-    protocol.TASK_COMPLETION_TIMESTAMP,
-)
-
 _sequence = itertools.count()
 
 
@@ -199,7 +188,7 @@ class Dispatcher:
                 return
             ids = [t for t in session.task_ids[: session.queued] if t not in session.ended]
             session.refreshed_at = now
-        rows = self.table.get_many(ids, DETAIL_ATTRIBUTES)
+        rows = self.table.get_many(ids)
         with session.lock:
             session.refresh_cost = time.monotonic() - now
             for task_id, row in rows.items():
