@@ -70,3 +70,41 @@ def test_send_benchmark_runs_at_smoke_size_and_writes_its_figures(tmp_path):
         assert isinstance(figure["value"], float), figure
         assert figure["status"] in ("PASS", "MISS")
     assert figures["send.latency"]["data"]["network"]["delay_ms"] == 20.0
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_cpu_split_names_every_process_of_the_grid_and_the_client():
+    finished = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "cpu_split.py"),
+            "--tasks",
+            "20",
+            "--agents",
+            "1",
+            "--repeats",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    out = finished.stdout
+    assert out.startswith("20 zero-work tasks on 1 agents")
+    rows = {line.split()[0] for line in out.splitlines()[3:] if line and line[0].isalpha()}
+    for process in (
+        "services-sqs",
+        "services-s3",
+        "services-dynamodb",
+        "gateway",
+        "checker",
+        "agents",
+        "workers",
+        "client",
+        "all",
+    ):
+        assert process in rows, out
+    assert "tasks ran for" in out
