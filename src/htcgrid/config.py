@@ -89,16 +89,16 @@ def _truthy(value: object) -> bool:
     return bool(value)
 
 
-def _read(source: ConfigSource) -> tuple[dict[str, Any], str]:
+def _read(source: str | os.PathLike[str] | Mapping[str, Any] | None) -> tuple[dict[str, Any], str]:
     origin = ""
     if source is None:
-        path = os.environ.get(CONFIG_ENV)
-        if not path:
+        named = os.environ.get(CONFIG_ENV)
+        if not named:
             raise ConfigError(
                 f"no grid configuration given: pass a path or a dict, or set {CONFIG_ENV} to "
                 "the agent_config.json of your grid (run 'htcgrid local' for an embedded one)"
             )
-        source, origin = path, f" (named by ${CONFIG_ENV})"
+        source, origin = named, f" (named by ${CONFIG_ENV})"
     if isinstance(source, Mapping):
         return dict(source), "<dict>"
     path = Path(source).expanduser()

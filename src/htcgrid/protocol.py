@@ -133,9 +133,10 @@ def check_session_tasks(session_id: str, ids: Iterable[object]) -> list[str]:
     """Return ``ids`` if every one is a valid task id of ``session_id``, else raise."""
     checked = []
     for task_id in ids:
-        if session_of(check_task_id(task_id)) != session_id:
+        task = check_task_id(task_id)
+        if session_of(task) != session_id:
             raise ValueError(f"task {task_id!r} is not a task of session {session_id}")
-        checked.append(task_id)
+        checked.append(task)
     return checked
 
 

@@ -165,12 +165,13 @@ class Agent:
         if wait:
             for done in self._finishing:
                 done.exception()
-        pending, errors = [], []
+        pending: list[Future[None]] = []
+        errors: list[BaseException] = []
         for done in self._finishing:
             if not done.done():
                 pending.append(done)
-            elif done.exception() is not None:
-                errors.append(done.exception())
+            elif (error := done.exception()) is not None:
+                errors.append(error)
         self._finishing = pending
         for error in errors[1:]:
             logger.error("agent %s: background write failed: %s", self.agent_id, error)

@@ -75,7 +75,8 @@ def lighten_sqs_receive() -> bool:
 
     def is_retained(self: SQSBackend, queue_name: str, message: Any) -> bool:
         try:
-            retention_sec = float(self.get_queue(queue_name).message_retention_period)
+            queue: Any = self.get_queue(queue_name)
+            retention_sec = float(queue.message_retention_period)
             sent_sec = float(message.sent_timestamp) / 1000
         except (AttributeError, TypeError, ValueError):
             return bool(original(self, queue_name, message))
