@@ -15,6 +15,7 @@ look when the end-to-end figure of ``benchmarks/run.py`` moves.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -46,8 +47,31 @@ def _processes(grid: Any) -> dict[str, list[Any]]:
     return dict(roles)
 
 
-def _snapshot(roles: dict[str, list[Any]]) -> dict[str, float]:
-    return {role: sum(_cpu_seconds(p) for p in processes) for role, processes in roles.items()}
+def _snapshot(roles: dict[str, list[Any]]) -> dict[Any, tuple[str, float]]:
+    """Each live process's role and CPU seconds so far."""
+    import psutil
+
+    taken = {}
+    for role, processes in roles.items():
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                taken[process] = (role, _cpu_seconds(process))
+    return taken
+
+
+def _used(
+    before: dict[Any, tuple[str, float]], after: dict[Any, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds used between two snapshots, by role.
+
+    A process that ended in between (a worker killed after a timeout) is left out: its time
+    is lost with it.
+    """
+    used: dict[str, float] = defaultdict(float)
+    for process, (role, seconds) in before.items():
+        if process in after:
+            used[role] += after[process][1] - seconds
+    return dict(used)
 
 
 def _timeline(details: dict[str, Any], send_started_s: float, done_s: float) -> dict[str, float]:
@@ -88,8 +112,9 @@ def measure(tasks: int, agents: int | None, repeats: int) -> dict[str, Any]:
         try:
             warm = connector.send([ZERO_TASK] * min(200, tasks))
             connector.get_results(warm, timeout_sec=120)
-            roles = _processes(grid)
             for _ in range(repeats):
+                # Read anew each time: an agent starts a new worker when one is killed.
+                roles = _processes(grid)
                 before = _snapshot(roles)
                 send_started_s = time.time()
                 started = time.perf_counter()
@@ -100,7 +125,7 @@ def measure(tasks: int, agents: int | None, repeats: int) -> dict[str, Any]:
                 after = _snapshot(roles)
                 if not results["metadata"]["complete"]:
                     raise RuntimeError(f"a session of {tasks} tasks did not end within 600 s")
-                used = {role: after[role] - before[role] for role in roles}
+                used = _used(before, after)
                 for role, seconds in used.items():
                     per_task[role].append(1000 * seconds / tasks)
                 busy.append(sum(used.values()) / wall)

@@ -74,7 +74,7 @@ def pytest_configure(config):
 
 @pytest.fixture
 def untuned_moto(monkeypatch):
-    """moto in this process as shipped, put back so after the test whatever it tuned."""
+    """Put moto's tunable steps in this process back as they were, whatever the test tuned."""
     import moto.core.responses
     import moto.sqs.models
     from moto.core import serialize

@@ -184,7 +184,14 @@ def test_attribute_values_are_written_as_moto_s_serializer_writes_them(
 
 @pytest.mark.parametrize(
     "value",
-    [{"S": 5}, {"S": "a", "N": "1"}, {"X": "?"}, {"M": {"k": {"S": None}}}, {"L": [{"S": 1}]}],
+    [
+        {"S": 5},
+        {"S": "a", "N": "1"},
+        {"X": "?"},
+        {"M": {"k": {"S": None}}},
+        {"L": [{"S": 1}]},
+        {"M": {"": {"S": "an attribute with an empty name"}}},
+    ],
 )
 def test_values_not_shaped_as_expected_are_left_to_moto_s_serializer(untuned_moto, value):
     result = {"Item": {"task_id": {"S": "s_0"}, "odd": value}}
@@ -205,3 +212,18 @@ def test_a_dynamodb_serializer_of_moto_s_own_is_left_alone(monkeypatch, untuned_
 
     assert moto_tuning.direct_attribute_values() is False
     assert serialize.get_serializer_class("dynamodb", "json") is MotoOwn
+
+
+def test_a_tuning_that_fails_unforeseen_is_skipped_and_the_others_applied(
+    monkeypatch, untuned_moto, caplog
+):
+    def broken() -> bool:
+        raise ImportError("moto laid out otherwise")
+
+    monkeypatch.setattr(moto_tuning, "cheaper_sqs_clock", broken)
+
+    moto_tuning.apply_all()
+
+    assert "broken failed" in caplog.text
+    assert serialize.get_serializer_class("dynamodb", "json")._htcgrid_direct is True
+    assert not hasattr(moto.sqs.models.unix_time, "_htcgrid_original")

@@ -33,7 +33,11 @@ logger = logging.getLogger(__name__)
 
 
 def apply_all() -> None:
-    """Apply every tuning; log the ones that this moto does not allow."""
+    """Apply every tuning; log the ones that this moto does not allow.
+
+    A tuning that fails in a way its own checks did not foresee (a moto laid out otherwise)
+    is logged and skipped: the services are then served with moto's own step.
+    """
     tunings: list[Callable[[], bool]] = [
         lighten_sqs_receive,
         cheaper_sqs_clock,
@@ -41,7 +45,12 @@ def apply_all() -> None:
         direct_attribute_values,
     ]
     for tuning in tunings:
-        if not tuning():
+        try:
+            applied = tuning()
+        except Exception:
+            logger.exception("%s failed; that step of moto is served unchanged", tuning.__name__)
+            continue
+        if not applied:
             logger.info(
                 "moto is not as %s expects; that step is served unchanged", tuning.__name__
             )
@@ -57,7 +66,6 @@ def lighten_sqs_receive() -> bool:
     retention period is not delivered), and falls back to moto's own check for any message
     or queue that is not shaped as expected.
     """
-    from moto.core.utils import unix_time
     from moto.sqs.models import Queue, SQSBackend
 
     name = "is_message_valid_based_on_retention_period"
@@ -80,7 +88,7 @@ def lighten_sqs_receive() -> bool:
             sent_sec = float(message.sent_timestamp) / 1000
         except (AttributeError, TypeError, ValueError):
             return bool(original(self, queue_name, message))
-        return retention_sec + sent_sec > unix_time()
+        return retention_sec + sent_sec > time.time()
 
     is_retained._htcgrid_original = original  # type: ignore[attr-defined]
     setattr(SQSBackend, name, is_retained)
@@ -94,7 +102,8 @@ def cheaper_sqs_clock() -> bool:
     ``datetime`` of now, both made afresh through time-zone conversions; SQS calls it for
     every message it considers (twice per message to tell whether it is visible), so a
     depth query over a queue of a few dozen messages spends most of its time there. The
-    answer is the same number of seconds. A call with an explicit ``datetime`` still goes to
+    answer is the same number of seconds, rounded to the microsecond as moto's is (queues
+    send their creation time as text). A call with an explicit ``datetime`` still goes to
     moto's own function.
     """
     import moto.sqs.models as sqs_models
@@ -114,10 +123,10 @@ def cheaper_sqs_clock() -> bool:
         return False
 
     def unix_time(dt: Any = None) -> float:
-        return time.time() if dt is None else float(seconds(dt))
+        return round(time.time(), 6) if dt is None else float(seconds(dt))
 
     def unix_time_millis(dt: Any = None) -> float:
-        return time.time() * 1000.0 if dt is None else float(millis(dt))
+        return round(time.time(), 6) * 1000.0 if dt is None else float(millis(dt))
 
     unix_time._htcgrid_original = seconds  # type: ignore[attr-defined]
     unix_time_millis._htcgrid_original = millis  # type: ignore[attr-defined]
@@ -168,7 +177,8 @@ def attribute_value_wire(value: Any) -> Any:
     moto holds ``{"S": "text"}``, ``{"N": "12"}``, ``{"B": b"bytes"}``, ``{"M": {name:
     value}}``, ``{"L": [value]}``, sets as lists, and ``{"NULL": True}`` or ``{"BOOL":
     False}``. The answer is what DynamoDB sends: the same, with binary values in base64.
-    ``None`` for anything else, which the caller then leaves to moto's own serializer.
+    ``None`` for anything else, which the caller then leaves to moto's own serializer; a map
+    with an attribute named ``""`` too, which moto's serializer writes in its own way.
     """
     if not isinstance(value, dict) or len(value) != 1:
         return None
@@ -187,7 +197,7 @@ def attribute_value_wire(value: Any) -> Any:
         if isinstance(inner, list) and all(isinstance(v, bytes | str) for v in inner):
             return {kind: [_base64(v) for v in inner]}
         return None
-    if kind == "M" and isinstance(inner, dict):
+    if kind == "M" and isinstance(inner, dict) and "" not in inner:
         members = {}
         for name, member in inner.items():
             wire = attribute_value_wire(member)
@@ -224,9 +234,12 @@ def direct_attribute_values() -> bool:
         return False
     if not hasattr(json_serializer, "_serialize_type_structure"):
         return False
-    if getattr(registry.get("dynamodb", {}).get("json"), "_htcgrid_direct", False):
+    own = registry.get("dynamodb", {})
+    if not isinstance(own, dict):
+        return False
+    if getattr(own.get("json"), "_htcgrid_direct", False):
         return True
-    if "json" in registry.get("dynamodb", {}):
+    if "json" in own:
         # moto has a DynamoDB serializer of its own now: leave it alone.
         return False
 
@@ -243,5 +256,5 @@ def direct_attribute_values() -> bool:
                     return
             super()._serialize_type_structure(serialized, value, shape, key)
 
-    registry.setdefault("dynamodb", {})["json"] = DirectAttributeValueSerializer
+    registry["dynamodb"] = {**own, "json": DirectAttributeValueSerializer}
     return True
