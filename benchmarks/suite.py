@@ -252,7 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{info['python']}, commit {info['commit']}, {total:.0f} s"
     )
     if args.preset != "full":
-        print("(sizes smaller than the issue's: PASS/MISS are indicative only)")
+        print(
+            f"(preset {args.preset}: sizes far below the full run's, which the targets are "
+            "set for; at these sizes start-up costs dominate, so PASS and MISS say little)"
+        )
     if {"send", "collect"} & set(args.names):
         print("latency: " + LATENCY_METHOD.format(delay=sizes.latency_ms))
     print()

@@ -249,7 +249,7 @@ def bench_session(sizes: Sizes, deadline: Deadline, report: Report) -> None:
             "session.rss",
             answer["peak_rss_mb"],
             detail=(
-                f"ru_maxrss of the client process ({answer['rss_before_mb']:.0f} MB after sign-in)"
+                f"ru_maxrss of the client process; {answer['rss_before_mb']:.0f} MB after sign-in"
             ),
             rss_before_mb=answer["rss_before_mb"],
         )

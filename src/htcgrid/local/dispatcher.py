@@ -111,6 +111,10 @@ class Dispatcher:
         """Take a session whose rows are written; its tasks will be queued."""
         with self._lock:
             self._sessions[session.session_id] = session
+        self.wake()
+
+    def wake(self) -> None:
+        """End the current pause of :meth:`run` now (to feed at once, or to stop)."""
         self._wake.set()
 
     def get(self, session_id: str) -> TrackedSession | None:

@@ -292,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     announce(url=url)
     lifeline.hold()
     server.shutdown()
+    # The dispatcher may be in a pause of up to a second; it sees the stop when woken.
+    gateway.handlers.dispatcher.wake()
     serving.join()
     feeding.join()
     server.server_close()
