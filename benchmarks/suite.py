@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -159,6 +160,28 @@ def git_commit() -> str | None:
     return f"{head}{' (modified)' if dirty else ''}"
 
 
+#: Iterations of the loop that :func:`core_speed` times.
+CORE_LOOP = 2_000_000
+
+
+def core_speed() -> float:
+    """Millions of iterations a second of a fixed pure-Python loop on one core, best of 5.
+
+    Not a figure with a target: the grid's absolute figures (tasks per second, seconds of a
+    session) scale with the speed of a core, which differs between machines and, on shared
+    ones, from one minute to the next; read between the benchmarks, this says how fast the
+    cores were in the run that gave them.
+    """
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        total = 0
+        for i in range(CORE_LOOP):
+            total += i & 7
+        best = min(best, time.perf_counter() - started)
+    return CORE_LOOP / best / 1e6
+
+
 def machine() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -239,17 +262,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
 
     reports = []
+    speeds = [core_speed()]
     for name in args.names:
         budget = BUDGETS[args.preset][name] * args.budget_scale
         reports.append(run_benchmark(name, args.preset, budget))
+        speeds.append(core_speed())
     rows = all_figures(reports, sizes)
     total = time.monotonic() - started
 
     info = machine()
+    info["core_speed"] = {
+        "unit": "million loop iterations per second",
+        "median": round(statistics.median(speeds), 1),
+        "readings": [round(speed, 1) for speed in speeds],
+    }
     print()
     print(
         f"htcgrid benchmarks, preset {args.preset}, {info['cpus']} CPUs, Python "
         f"{info['python']}, commit {info['commit']}, {total:.0f} s"
+    )
+    print(
+        f"core speed: {info['core_speed']['median']:g} M iterations/s of a fixed "
+        f"pure-Python loop (median of {len(speeds)} readings between the benchmarks, "
+        f"{min(speeds):.1f} to {max(speeds):.1f}); the absolute figures scale with it, the "
+        "ratios much less"
     )
     if args.preset != "full":
         print(

@@ -63,6 +63,9 @@ def test_send_benchmark_runs_at_smoke_size_and_writes_its_figures(tmp_path):
     assert "send 5 tasks, loopback" in finished.stdout
     document = json.loads(results.read_text(encoding="utf-8"))
     assert document["preset"] == "smoke"
+    speed = document["machine"]["core_speed"]
+    assert len(speed["readings"]) == 2 and speed["median"] > 0
+    assert "core speed:" in finished.stdout
     figures = {figure["key"]: figure for figure in document["figures"]}
     assert sorted(figures) == ["send.latency", "send.loopback"]
     for figure in figures.values():
