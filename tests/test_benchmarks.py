@@ -12,6 +12,18 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def run_script(name: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``benchmarks/<name>`` with this interpreter; fail with its stderr if it fails."""
+    finished = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return finished
+
+
 def test_rewrite_config_sends_every_loopback_url_through_the_proxy(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
     from benchmarks.latency import loopback_endpoints, rewrite_config
@@ -44,22 +56,10 @@ def test_rewrite_config_sends_every_loopback_url_through_the_proxy(monkeypatch):
 def test_send_benchmark_runs_at_smoke_size_and_writes_its_figures(tmp_path):
     results = tmp_path / "results.json"
 
-    finished = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "run.py"),
-            "--smoke",
-            "--only",
-            "send",
-            "--json",
-            str(results),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=200,
+    finished = run_script(
+        "run.py", "--smoke", "--only", "send", "--json", str(results), timeout=200
     )
 
-    assert finished.returncode == 0, finished.stderr[-3000:]
     assert "send 5 tasks, loopback" in finished.stdout
     document = json.loads(results.read_text(encoding="utf-8"))
     assert document["preset"] == "smoke"
@@ -78,23 +78,10 @@ def test_send_benchmark_runs_at_smoke_size_and_writes_its_figures(tmp_path):
 @pytest.mark.integration
 @pytest.mark.timeout(180)
 def test_cpu_split_names_every_process_of_the_grid_and_the_client():
-    finished = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "cpu_split.py"),
-            "--tasks",
-            "20",
-            "--agents",
-            "1",
-            "--repeats",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=150,
+    finished = run_script(
+        "cpu_split.py", "--tasks", "20", "--agents", "1", "--repeats", "1", timeout=150
     )
 
-    assert finished.returncode == 0, finished.stderr[-3000:]
     out = finished.stdout
     assert out.startswith("20 zero-work tasks on 1 agents")
     rows = {line.split()[0] for line in out.splitlines()[3:] if line and line[0].isalpha()}
