@@ -139,6 +139,19 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def speed_line(speed: dict[str, Any], stolen: Sequence[float]) -> str:
+    """One line on how fast the machine was: the loop speed, and the host's stolen time."""
+    values = [reading["value"] for reading in speed["readings"]]
+    line = (
+        f"loop speed {speed['median']:.1f} M iterations/s on one core, Python "
+        f"{platform.python_version()} (median of {len(values)} readings, one before the first "
+        f"benchmark and one after each: {min(values):.1f} to {max(values):.1f})"
+    )
+    if stolen:
+        line += f"; CPU time taken by the host during the benchmarks: {max(stolen):.1f}% at most"
+    return line
+
+
 def git_commit() -> str | None:
     try:
         head = subprocess.run(
@@ -160,26 +173,43 @@ def git_commit() -> str | None:
     return f"{head}{' (modified)' if dirty else ''}"
 
 
-#: Iterations of the loop that :func:`core_speed` times.
-CORE_LOOP = 2_000_000
+#: Iterations of the loop that :func:`loop_speed` times.
+SPEED_LOOP = 2_000_000
 
 
-def core_speed() -> float:
+def loop_speed() -> float:
     """Millions of iterations a second of a fixed pure-Python loop on one core, best of 5.
 
-    Not a figure with a target: the grid's absolute figures (tasks per second, seconds of a
-    session) scale with the speed of a core, which differs between machines and, on shared
-    ones, from one minute to the next; read between the benchmarks, this says how fast the
-    cores were in the run that gave them.
+    Not a figure with a target, and not a measure of the machine as the grid uses it (two
+    cores, system calls, loopback networking): a fixed point to compare runs by, read while
+    no benchmark runs. It depends on the Python version as much as on the machine.
     """
     best = float("inf")
     for _ in range(5):
         started = time.perf_counter()
         total = 0
-        for i in range(CORE_LOOP):
+        for i in range(SPEED_LOOP):
             total += i & 7
         best = min(best, time.perf_counter() - started)
-    return CORE_LOOP / best / 1e6
+    return SPEED_LOOP / best / 1e6
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """All CPU time and the part stolen by the host (Linux ``/proc/stat``), in ticks."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(field) for field in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice, counted in user]
+    return sum(fields[:8]), (fields[7] if len(fields) > 7 else 0)
+
+
+def stolen_percent(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of the machine's CPU time that its host gave to others in between."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    return round(100 * (after[1] - before[1]) / (after[0] - before[0]), 1)
 
 
 def machine() -> dict[str, Any]:
@@ -262,31 +292,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
 
     reports = []
-    speeds = [core_speed()]
+    speeds = [{"after": None, "value": round(loop_speed(), 1)}]
     for name in args.names:
         budget = BUDGETS[args.preset][name] * args.budget_scale
-        reports.append(run_benchmark(name, args.preset, budget))
-        speeds.append(core_speed())
+        ticks = cpu_ticks()
+        report = run_benchmark(name, args.preset, budget)
+        report["stolen_percent"] = stolen_percent(ticks, cpu_ticks())
+        reports.append(report)
+        speeds.append({"after": name, "value": round(loop_speed(), 1)})
     rows = all_figures(reports, sizes)
     total = time.monotonic() - started
 
     info = machine()
-    info["core_speed"] = {
-        "unit": "million loop iterations per second",
-        "median": round(statistics.median(speeds), 1),
-        "readings": [round(speed, 1) for speed in speeds],
+    values = [reading["value"] for reading in speeds]
+    info["loop_speed"] = {
+        "unit": "million iterations per second of a fixed pure-Python loop, one core",
+        "median": round(statistics.median(values), 1),
+        "readings": speeds,
     }
+    stolen = [r["stolen_percent"] for r in reports if r["stolen_percent"] is not None]
     print()
     print(
         f"htcgrid benchmarks, preset {args.preset}, {info['cpus']} CPUs, Python "
         f"{info['python']}, commit {info['commit']}, {total:.0f} s"
     )
-    print(
-        f"core speed: {info['core_speed']['median']:g} M iterations/s of a fixed "
-        f"pure-Python loop (median of {len(speeds)} readings between the benchmarks, "
-        f"{min(speeds):.1f} to {max(speeds):.1f}); the absolute figures scale with it, the "
-        "ratios much less"
-    )
+    print(speed_line(info["loop_speed"], stolen))
     if args.preset != "full":
         print(
             f"(preset {args.preset}: sizes far below the full run's, which the targets are "
@@ -315,6 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     print(f"\nresults written to {args.json}")
     if args.markdown:
-        args.markdown.write_text(markdown_table(rows), encoding="utf-8")
+        caption = f"preset {args.preset}, commit {info['commit']}, {total:.0f} s; " + speed_line(
+            info["loop_speed"], stolen
+        )
+        args.markdown.write_text(markdown_table(rows) + f"\n{caption}\n", encoding="utf-8")
         print(f"table written to {args.markdown}")
     return 1 if any(report["status"] == "error" for report in reports) else 0
