@@ -80,7 +80,11 @@ def _parser() -> argparse.ArgumentParser:
         help="where to write agent_config.json and logs (default: a temp dir)",
     )
     local.add_argument(
-        "--log", default="info", choices=["debug", "info", "warning", "error", "critical"]
+        "--log",
+        default="info",
+        choices=["debug", "info", "warning", "error", "critical"],
+        help="log level of htcgrid's messages (default: info: what the grid provisions and "
+        "each session it accepts); other libraries log warnings only",
     )
 
     simple = commands.add_parser(
@@ -162,15 +166,43 @@ def _simple_client(args: argparse.Namespace) -> int:
     return _print_results(submission, results)
 
 
-def _still_running(args: argparse.Namespace, session_id: str) -> None:
-    """Tell the user that an interrupted wait left the session running on a grid."""
-    if args.config or os.environ.get(CONFIG_ENV):
+def _still_running(args: argparse.Namespace, *session_ids: str) -> None:
+    """Tell the user that an interrupted wait left sessions running on a grid."""
+    if not session_ids or not (args.config or os.environ.get(CONFIG_ENV)):
+        return  # an embedded grid stops with the command, its sessions with it
+    if len(session_ids) == 1:
+        (session_id,) = session_ids
         print(
             f"session {session_id} is still running on the grid: collect its results later "
             f"with AWSConnector.get_results('{session_id}'), or cancel it with "
             f"cancel_sessions(['{session_id}'])",
             file=sys.stderr,
         )
+        return
+    print(
+        f"{len(session_ids)} sessions are still running on the grid: collect their results "
+        "later with AWSConnector.get_results(session_id), or cancel them with "
+        "cancel_sessions([...]):",
+        file=sys.stderr,
+    )
+    for session_id in session_ids:
+        print(f"  {session_id}", file=sys.stderr)
+
+
+class _MainThreadOnly(logging.Filter):
+    """Let through only the main thread's records.
+
+    After Ctrl-C, the batch client's threads are left to die with the process; what they log
+    meanwhile (retries against an embedded grid that is stopping) is noise.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread == threading.main_thread().ident
+
+
+def _quiet_other_threads() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_MainThreadOnly())
 
 
 def _print_results(submission: dict[str, Any], results: dict[str, Any]) -> int:
@@ -196,6 +228,7 @@ def _batch_client(args: argparse.Namespace) -> int:
     task = {"worker_arguments": args.worker_arguments.split()}
     failures: list[str] = []
     counts = {"sessions": 0, "finished": 0, "tasks": 0}
+    uncollected: dict[str, None] = {}  # session ids sent, results not yet in, in order
     lock = threading.Lock()
 
     def run_thread(connector: AWSConnector) -> None:
@@ -203,10 +236,15 @@ def _batch_client(args: argparse.Namespace) -> int:
         while remaining > 0:
             batch = min(args.job_batch_size, remaining)
             remaining -= batch
-            submissions = [connector.send([task] * args.job_size) for _ in range(batch)]
+            submissions = []
+            for _ in range(batch):
+                submissions.append(connector.send([task] * args.job_size))
+                with lock:
+                    uncollected[submissions[-1]["session_id"]] = None
             for submission in submissions:
                 results = connector.get_results(submission, timeout_sec=args.timeout)
                 with lock:
+                    uncollected.pop(submission["session_id"], None)
                     counts["sessions"] += 1
                     counts["tasks"] += len(submission["task_ids"])
                     counts["finished"] += len(results["finished"])
@@ -227,8 +265,14 @@ def _batch_client(args: argparse.Namespace) -> int:
                 thread = threading.Thread(target=target, daemon=True)
                 threads.append(thread)
                 thread.start()
-            for thread in threads:
-                thread.join()
+            try:
+                for thread in threads:
+                    thread.join()
+            except KeyboardInterrupt:
+                _quiet_other_threads()
+                with lock:
+                    _still_running(args, *uncollected)
+                raise
     elapsed = time.perf_counter() - started
     print(
         f"{counts['sessions']} sessions, {counts['finished']} of {counts['tasks']} tasks "
