@@ -35,7 +35,14 @@ from .errors import (
     TaskValidationError,
     unreachable_with_hint,
 )
-from .tasks import check_number, check_options, validate_tasks
+from .tasks import (
+    check_number,
+    check_options,
+    checked_session_id,
+    checked_task_ids,
+    payload_task_ids,
+    validate_tasks,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +313,7 @@ class AWSConnector:
     def _submission_ids(self, submission: Mapping[str, Any] | str) -> tuple[str, list[str]]:
         """The session id and task ids of a submission, each checked before any I/O."""
         if isinstance(submission, str):
-            session_id = _checked_session_id(submission)
+            session_id = checked_session_id(submission)
             with unreachable_with_hint(session_id, _reattach_hint(session_id)):
                 ids = self.task_ids_of(session_id)
             if ids is None:
@@ -320,11 +327,11 @@ class AWSConnector:
                 "get_results takes what send() returned ({'session_id': ..., 'task_ids': "
                 f"[...]}}) or a session id, not {type(submission).__name__}"
             )
-        session_id = _checked_session_id(submission["session_id"])
+        session_id = checked_session_id(submission["session_id"])
         ids = submission.get("task_ids")
         if not ids:
             return self._submission_ids(session_id)
-        return session_id, _checked_task_ids(session_id, ids)
+        return session_id, checked_task_ids(session_id, ids)
 
     def task_ids_of(self, session_id: str) -> list[str] | None:
         """The task ids of a session, from its payload in the data plane; None if it has none.
@@ -335,9 +342,9 @@ class AWSConnector:
             The session id is malformed (nothing was read), or the payload lists an id that
             is not a task of this session.
         """
-        session_id = _checked_session_id(session_id)
+        session_id = checked_session_id(session_id)
         envelope = self.dataplane.read_payload(session_id)
-        return None if envelope is None else _payload_task_ids(session_id, envelope)
+        return None if envelope is None else payload_task_ids(session_id, envelope)
 
     def _collect(
         self,
@@ -414,7 +421,7 @@ class AWSConnector:
         ids = [session_ids] if isinstance(session_ids, str) else list(session_ids)
         if not ids:
             raise TaskValidationError("cancel_sessions needs at least one session id")
-        checked = [_checked_session_id(s) for s in ids]
+        checked = [checked_session_id(s) for s in ids]
         try:
             return self.control.cancel(checked)
         except GridUnreachableError as exc:
@@ -436,28 +443,3 @@ class AWSConnector:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _checked_session_id(session_id: object) -> str:
-    # Session ids become data-plane keys: nothing unchecked may reach I/O.
-    try:
-        return protocol.check_session_id(session_id)
-    except ValueError as exc:
-        raise TaskValidationError(str(exc)) from None
-
-
-def _checked_task_ids(session_id: str, ids: object) -> list[str]:
-    if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
-        raise TaskValidationError(f"task_ids must be a list of task ids, not {ids!r:.80}")
-    try:
-        return protocol.check_session_tasks(session_id, ids)
-    except ValueError as exc:
-        raise TaskValidationError(str(exc)) from None
-
-
-def _payload_task_ids(session_id: str, envelope: object) -> list[str]:
-    tasks_list = envelope.get("tasks_list") if isinstance(envelope, Mapping) else None
-    ids = tasks_list.get("tasks") if isinstance(tasks_list, Mapping) else None
-    if not isinstance(ids, list):
-        raise HTCGridError(f"the payload of session {session_id} lists no tasks")
-    return _checked_task_ids(session_id, ids)

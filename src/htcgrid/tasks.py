@@ -1,4 +1,4 @@
-"""Checking a task list before anything is uploaded."""
+"""Checking what users hand in, a task list or the ids of a session, before any I/O."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import TaskValidationError
+from . import protocol
+from .errors import HTCGridError, TaskValidationError
 
 #: Most tasks in one session. Larger lists are split with ``GridClient.map``.
 MAX_TASKS_PER_SESSION = 100_000
@@ -73,3 +74,30 @@ def check_options(retries: object, timeout_sec: object) -> None:
         raise TaskValidationError(
             f"the task timeout must be a whole number of seconds >= 1, not {timeout_sec!r}"
         )
+
+
+def checked_session_id(session_id: object) -> str:
+    """A session id handed in by a user, checked; session ids become data-plane keys."""
+    try:
+        return protocol.check_session_id(session_id)
+    except ValueError as exc:
+        raise TaskValidationError(str(exc)) from None
+
+
+def checked_task_ids(session_id: str, ids: object) -> list[str]:
+    """A list of task ids handed in by a user, each checked to be a task of ``session_id``."""
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
+        raise TaskValidationError(f"task_ids must be a list of task ids, not {ids!r:.80}")
+    try:
+        return protocol.check_session_tasks(session_id, ids)
+    except ValueError as exc:
+        raise TaskValidationError(str(exc)) from None
+
+
+def payload_task_ids(session_id: str, envelope: object) -> list[str]:
+    """The task ids that a session's envelope (its payload) lists, checked."""
+    tasks_list = envelope.get("tasks_list") if isinstance(envelope, Mapping) else None
+    ids = tasks_list.get("tasks") if isinstance(tasks_list, Mapping) else None
+    if not isinstance(ids, list):
+        raise HTCGridError(f"the payload of session {session_id} lists no tasks")
+    return checked_task_ids(session_id, ids)

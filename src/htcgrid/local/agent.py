@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -34,7 +32,7 @@ from ..config import GridConfig, load_config
 from ..dataplane import open_dataplane
 from ..errors import DataPlaneError, HTCGridError
 from ..protocol import PENDING, TASK_STATUS, TERMINAL_STATES
-from . import cli, services
+from . import cli
 from .settings import GridSettings
 from .statetable import StateTable
 from .taskqueue import TaskMessage, TaskQueue
@@ -52,8 +50,6 @@ MAX_BATCH = 10
 BATCH_TARGET_SEC = 0.2
 #: Bounds of the pause after an error in the loop, doubling from the first to the last.
 ERROR_BACKOFF_SEC = (0.5, 10.0)
-#: How long a stopping agent waits for its loop to end before it exits anyway.
-SHUTDOWN_GRACE_SEC = 10.0
 
 #: Errors of the AWS services (or the data plane over them) that a later try may not meet.
 TRANSIENT_ERRORS = (BotoCoreError, ClientError, DataPlaneError)
@@ -359,64 +355,10 @@ class _Batch:
 # --- the agent process -------------------------------------------------------------------
 
 
-def serve_in_background(
-    name: str,
-    loop: Callable[[], None],
-    stop: threading.Event,
-    on_hang: Callable[[], None] | None = None,
-) -> int:
-    """Run ``loop()`` in a thread until standard input closes or SIGTERM/SIGINT arrives.
-
-    Call from the main thread. When the process is asked to end, ``stop`` is set and the loop
-    has :data:`SHUTDOWN_GRACE_SEC` to return; if it does not, ``on_hang`` is called and the
-    process ends at once with status 1 (a normal exit would wait for the loop forever).
-
-    Parameters
-    ----------
-    name : str
-        What to call the process in the log.
-    loop : callable
-        The process's work; it must return soon after ``stop`` is set.
-    stop : threading.Event
-        Set when the process is asked to end.
-    on_hang : callable, optional
-        Last words before a forced exit, e.g. killing a child process.
-
-    Returns
-    -------
-    int
-        The exit status: 0 after a requested stop, 1 if the loop ended of its own accord.
-    """
-    ended_early = threading.Event()
-
-    def _loop() -> None:
-        try:
-            loop()
-        finally:
-            if not stop.is_set():
-                ended_early.set()
-                logger.error("%s: its loop ended unexpectedly; exiting", name)
-                stop.set()
-
-    lifeline = services.Lifeline(stop)
-    thread = threading.Thread(target=_loop, name=name, daemon=True)
-    thread.start()
-    lifeline.hold()
-    thread.join(SHUTDOWN_GRACE_SEC)
-    if thread.is_alive():
-        logger.error("%s: still busy %.0f s after the stop request", name, SHUTDOWN_GRACE_SEC)
-        if on_hang is not None:
-            on_hang()
-        logging.shutdown()
-        os._exit(1)
-    logger.info("%s: stopped", name)
-    return 1 if ended_early.is_set() else 0
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one agent process; the exit status is 0 after a requested stop, 2 on bad setup.
 
-    See :func:`serve_in_background` for the other statuses.
+    See :func:`htcgrid.local.cli.serve_in_background` for the other statuses.
     """
     parser = argparse.ArgumentParser(
         prog="python -m htcgrid.local.agent",
@@ -442,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     logger.info("%s: ready, running %s", name, agent.settings.handler)
-    status = serve_in_background(name, agent.run, agent.stop, agent.worker.kill)
+    status = cli.serve_in_background(name, agent.run, agent.stop, agent.worker.kill)
     agent.close()
     return status
 

@@ -27,7 +27,7 @@ from ..dataplane import open_dataplane
 from ..errors import HTCGridError
 from ..protocol import PENDING
 from . import cli
-from .agent import TRANSIENT_ERRORS, serve_in_background
+from .agent import TRANSIENT_ERRORS
 from .settings import GridSettings
 from .statetable import StateTable
 from .taskqueue import TaskQueue
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     stop = threading.Event()
     logger.info("checker: ready, every %.1f s", checker.settings.checker_period_sec)
-    status = serve_in_background("checker", lambda: checker.run(stop), stop)
+    status = cli.serve_in_background("checker", lambda: checker.run(stop), stop)
     checker.close()
     return status
 

@@ -31,7 +31,7 @@ from .. import protocol
 from ..config import GridConfig, load_config
 from ..dataplane import open_dataplane
 from ..errors import ConfigError, HTCGridError
-from .cli import configure_logging
+from .cli import Lifeline, announce, configure_logging
 from .handlers import (
     CANCEL_WORKERS,
     GridHandlers,
@@ -40,7 +40,7 @@ from .handlers import (
     SubmitFailedError,
     UnknownSessionError,
 )
-from .services import LOOPBACK, Lifeline, announce
+from .services import LOOPBACK
 from .settings import GridSettings
 from .statetable import StateTable
 from .taskqueue import TaskQueue

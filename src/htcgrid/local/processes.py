@@ -2,7 +2,7 @@
 
 Each child is ``python -m <module>``, leads a process group of its own, writes its stdout and
 stderr to files in the grid's workdir, and lives as long as the pipe to its stdin stays open
-(see :class:`htcgrid.local.services.Lifeline`).
+(see :class:`htcgrid.local.cli.Lifeline`).
 """
 
 from __future__ import annotations

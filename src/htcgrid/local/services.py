@@ -10,17 +10,14 @@ and starts a thread for every request; waitress keeps boto3's connections alive 
 requests on a fixed pool of threads. On this project's machine that took a third off the
 server's CPU time per request, the embedded grid's largest cost.
 
-:class:`Lifeline` is shared with the gateway, the checker and the agents: every process of
-the embedded grid lives exactly as long as the pipe its parent holds open.
+Like every process of the embedded grid, it lives exactly as long as the pipe its parent
+holds open (:class:`htcgrid.local.cli.Lifeline`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import resource
-import signal
 import sys
 import threading
 from typing import Any
@@ -46,52 +43,6 @@ SERVER_THREADS = 128
 #: connections are closed after IDLE_TIMEOUT_SEC (boto3 opens a new one when it needs it).
 CONNECTION_LIMIT = 10_000
 IDLE_TIMEOUT_SEC = 30
-
-
-class Lifeline:
-    """The tie of a child process to its parent: released at stdin's end of file, SIGTERM or
-    SIGINT.
-
-    Create it early in the main thread (it installs the signal handlers); a process waiting
-    for something else can then still notice that its parent is gone.
-
-    Parameters
-    ----------
-    released : threading.Event, optional
-        The event to set on release (a new one by default).
-    """
-
-    def __init__(self, released: threading.Event | None = None) -> None:
-        self.released = released if released is not None else threading.Event()
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        threading.Thread(target=self._watch_stdin, name="stdin-watch", daemon=True).start()
-
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self.released.set()
-
-    def _watch_stdin(self) -> None:
-        # os.read, not sys.stdin: a thread blocked inside sys.stdin's buffer holds its lock,
-        # and the interpreter aborts when it cannot take that lock at exit.
-        try:
-            while os.read(0, 4096):
-                pass
-        except OSError:
-            # A closed or missing stdin counts as a parent that is gone.
-            pass
-        self.released.set()
-
-    def hold(self) -> None:
-        """Block until released."""
-        # A bounded wait keeps the main thread responsive to signals on every platform.
-        while not self.released.wait(0.5):
-            pass
-
-
-def announce(**fields: str) -> None:
-    """Print the one JSON line a parent process waits for, and flush it."""
-    sys.stdout.write(json.dumps(fields) + "\n")
-    sys.stdout.flush()
 
 
 def moto_application() -> Any:
@@ -162,7 +113,7 @@ def main() -> int:
         except (ValueError, OSError) as exc:
             logger.info("cannot raise the open-file limit from %d: %s", soft, exc)
     moto_tuning.apply_all()
-    lifeline = Lifeline()
+    lifeline = cli.Lifeline()
     server = make_server()
     failed = threading.Event()
 
@@ -179,7 +130,7 @@ def main() -> int:
     threading.Thread(target=serve, name="waitress", daemon=True).start()
     endpoint = f"http://{LOOPBACK}:{server.effective_port}"
     logger.info("AWS services listening at %s", endpoint)
-    announce(endpoint=endpoint)
+    cli.announce(endpoint=endpoint)
 
     lifeline.hold()
     # moto keeps everything in memory, so there is nothing to flush: the process's exit closes
